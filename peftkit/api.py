@@ -1,0 +1,183 @@
+"""The Python entry point: `finetune` runs a whole recipe, stage by stage.
+
+validate config -> read and check data -> tokenizer -> model -> adapter ->
+train loop -> evaluate -> save the adapter and the run record.
+Every check that can fail on user input runs before the model weights load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from peftkit.adapters import apply_adapter, count_parameters
+from peftkit.config import ConfigError, RunConfig, apply_overrides, config_from_dict, load_recipe, validate
+from peftkit.data import load_raw_splits, make_dataloader, tokenize
+from peftkit.evaluate import evaluate
+from peftkit.export import adapter_metadata, save_adapter
+from peftkit.io import write_json
+from peftkit.model import load_model, load_tokenizer
+from peftkit.train import MetricsLog, resolve_mixed_precision, train_loop
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path
+    adapter_dir: Path | None
+    labels: list[str]
+    metrics: dict[str, Any]
+    """`validation` and (when a test file is given) `test` metrics, plus `train` throughput."""
+    model: Any = None
+    """The trained PeftModel, in eval mode (on the main process)."""
+    tokenizer: Any = None
+
+
+def build_config(
+    config: RunConfig | str | Path | dict | None = None, overrides: list[str] | None = None, **fields: Any
+) -> RunConfig:
+    """A validated RunConfig from a recipe path, a dict or a RunConfig, then `overrides`, then `fields`.
+
+    `fields` are flat names (`train_file=...`, `learning_rate=...`) looked up in
+    whichever section defines them.
+    """
+    if isinstance(config, str | Path):
+        config = load_recipe(config)
+    values = config.to_dict() if isinstance(config, RunConfig) else dict(config or {})
+    values = apply_overrides(values, list(overrides or []) + [_dotted(k, v) for k, v in fields.items()])
+    return validate(config_from_dict(values))
+
+
+_SECTIONS = ("model", "adapter", "data", "training", "export")
+
+
+def _dotted(name: str, value: Any) -> str:
+    if name == "task":
+        return f"task={json.dumps(value)}"
+    defaults = RunConfig()
+    owners = [s for s in _SECTIONS if name in {f.name for f in dataclasses.fields(getattr(defaults, s))}]
+    if len(owners) != 1:
+        where = f"it is in {owners}; pass section.{name}=... in overrides" if owners else "no section has it"
+        raise ConfigError(f"finetune(): unknown or ambiguous field {name!r}: {where}")
+    return f"{owners[0]}.{name}={json.dumps(value)}"
+
+
+def finetune(
+    config: RunConfig | str | Path | dict | None = None, overrides: list[str] | None = None, **fields: Any
+) -> FinetuneResult:
+    """Fine-tune a classifier as `config` says and return its metrics and output folder."""
+    config = build_config(config, overrides, **fields)
+    t = config.training
+    accelerator = Accelerator(
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        mixed_precision=resolve_mixed_precision(t.mixed_precision),
+    )
+    set_seed(t.seed)
+    raw = load_raw_splits(config.data, t.seed)
+    tokenizer = load_tokenizer(config.model)
+    rows = {name: tokenize(split, tokenizer, raw.labels, config.data) for name, split in _splits(raw).items()}
+    loaded = load_model(config.model, raw.labels, tokenizer)
+    model = apply_adapter(loaded.model, config.adapter, loaded.family)
+    pad_multiple = 8 if accelerator.device.type == "cuda" else None
+
+    def loader(name: str, batch_size: int, shuffle: bool):
+        return make_dataloader(
+            rows[name], tokenizer, batch_size, shuffle=shuffle, group_by_length=t.group_by_length,
+            seed=t.seed, pad_to_multiple_of=pad_multiple,
+        )  # fmt: skip
+
+    train_dl = loader("train", t.batch_size, shuffle=True)
+    eval_dl = loader("validation", t.eval_batch_size, shuffle=False)
+    model, train_dl, eval_dl = accelerator.prepare(model, train_dl, eval_dl)
+    num_labels = len(raw.labels)
+
+    output_dir = Path(t.output_dir)
+    log = MetricsLog(output_dir / "metrics.jsonl" if accelerator.is_main_process else None)
+    result = train_loop(
+        model,
+        train_dl,
+        t,
+        accelerator,
+        evaluate_fn=lambda: evaluate(model, eval_dl, accelerator, num_labels),
+        log=log,
+    )
+    last = result.evaluations[-1] if result.evaluations else None
+    validation = (
+        last["eval"]
+        if last and last["step"] == result.steps
+        else evaluate(model, eval_dl, accelerator, num_labels)
+    )
+    metrics = {
+        "validation": validation,
+        "train": {
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "samples": result.train_samples,
+            "seconds": result.train_seconds,
+            "samples_per_second": result.samples_per_second,
+            "losses": result.losses,
+        },
+    }
+    if "test" in rows:
+        test_dl = accelerator.prepare(loader("test", t.eval_batch_size, shuffle=False))
+        metrics["test"] = evaluate(model, test_dl, accelerator, num_labels)
+    trainable, total = count_parameters(model)
+    metrics["parameters"] = {"trainable": trainable, "total": total}
+
+    adapter_dir = None
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if config.export.save_adapter:
+            adapter_dir = save_adapter(
+                unwrapped, tokenizer, adapter_metadata(config, raw.labels, unwrapped), output_dir / "adapter"
+            )
+        write_json(output_dir / "run.json", _run_record(config, raw.labels, metrics))
+    accelerator.wait_for_everyone()
+    logger.info("validation: %s", {k: round(v, 4) for k, v in validation.items()})
+    return FinetuneResult(
+        output_dir=output_dir, adapter_dir=adapter_dir, labels=raw.labels, metrics=metrics,
+        model=accelerator.unwrap_model(model).eval(), tokenizer=tokenizer,
+    )  # fmt: skip
+
+
+def _splits(raw) -> dict:
+    splits = {"train": raw.train, "validation": raw.validation}
+    return splits | ({"test": raw.test} if raw.test is not None else {})
+
+
+def _run_record(config: RunConfig, labels: list[str], metrics: dict) -> dict:
+    import accelerate
+    import peft
+    import transformers
+
+    from peftkit import __version__
+
+    return {
+        "config": config.to_dict(),
+        "labels": labels,
+        "metrics": metrics,
+        "versions": {
+            "peftkit": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "accelerate": accelerate.__version__,
+            "python": platform.python_version(),
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+    }

@@ -1,0 +1,294 @@
+"""Typed run configuration: the single source of truth for every recipe field.
+
+A recipe is YAML whose sections map onto the dataclasses below; `--set a.b=c`
+overrides a field after the YAML is read. `validate` checks the whole config in
+one place, before any model or data is loaded, and raises `ConfigError` with
+the bad key, its value and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot run; the message says which key and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "bundled:all-MiniLM-L6-v2"
+    """Hub id, local folder, or `bundled:NAME` for a model that ships in a Python package."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to load."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype. Trainable parameters are always kept in float32."""
+    trust_remote_code: bool = False
+    """Run model code from the Hub. Off unless the recipe asks; never switched on by a file."""
+    pad_token: Literal["eos", "unk", "add"] = "eos"
+    """Pad policy for tokenizers without a pad token (LLaMA-class): reuse EOS, reuse UNK, or add `<pad>`."""
+
+
+@dataclass
+class AdapterConfig:
+    method: str = "lora"
+    """Adaptation method; see `peftkit.adapters.METHODS` for the choices."""
+    r: int = 8
+    """LoRA rank."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (scale = lora_alpha / r)."""
+    lora_dropout: float = 0.1
+    """Dropout on the LoRA input."""
+    target_modules: str | list[str] = "auto"
+    """`auto` (attention + MLP linears of the family), `all-linear`, or a list of module names."""
+    modules_to_save: list[str] | None = None
+    """Extra modules trained in full and saved with the adapter. The classifier head is always added."""
+    reduction_factor: int = 16
+    """Bottleneck adapters: bottleneck width = hidden size // reduction_factor."""
+    non_linearity: Literal["relu", "gelu", "swish", "tanh"] = "relu"
+    """Bottleneck adapters: activation between the down and up projections."""
+    placement: Literal["houlsby", "pfeiffer", "parallel"] = "pfeiffer"
+    """Bottleneck adapters: after attention and FFN (Houlsby), after FFN (Pfeiffer), or parallel to the FFN (He)."""
+    scaling: float = 1.0
+    """Bottleneck adapters, parallel placement: scale of the adapter output."""
+
+
+@dataclass
+class DataConfig:
+    train_file: str | None = None
+    """Local CSV/TSV/JSON/JSONL/Parquet file, or `bundled:NAME/FILE` for data shipped in `peftkit/bundled`."""
+    validation_file: str | None = None
+    """Held-out file. When empty, `validation_ratio` of the training data is carved off with `seed`."""
+    test_file: str | None = None
+    """Optional test file, evaluated once at the end."""
+    dataset: str | None = None
+    """Hub dataset id, used instead of files (splits `train_split`, `validation_split`)."""
+    dataset_config: str | None = None
+    train_split: str = "train"
+    validation_split: str | None = "validation"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    """Second text column for sentence-pair tasks (NLI, paraphrase)."""
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    """Names for integer labels 0..n-1, in order. String labels name themselves."""
+    validation_ratio: float = 0.1
+    max_length: int = 128
+    """Truncate inputs to this many tokens; batches are padded only to their longest input."""
+    max_train_samples: int | None = None
+    """Use only the first N training rows after a seeded shuffle (quick experiments)."""
+    csv_quoting: Literal["auto", "minimal", "none"] = "auto"
+    """CSV quoting; `auto` is `none` for .tsv (GLUE style) and `minimal` for .csv."""
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "runs/peftkit"
+    num_epochs: float = 3.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (overrides num_epochs when > 0)."""
+    batch_size: int = 32
+    """Per-device training batch size."""
+    eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    """Peak learning rate; LoRA wants ~10x the full fine-tuning rate."""
+    weight_decay: float = 0.01
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """`auto`: bf16 on GPUs that support it, fp32 elsewhere."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding), shuffled between groups."""
+    eval_every_steps: int = 0
+    """Evaluate every N optimizer steps (0: at the end of each epoch)."""
+    log_every_steps: int = 10
+    seed: int = 42
+    progress_bar: bool = True
+
+
+@dataclass
+class ExportConfig:
+    save_adapter: bool = True
+    """Write the standalone adapter (weights, config, head, tokenizer, label map) to `output_dir/adapter`."""
+
+
+@dataclass
+class RunConfig:
+    task: Literal["classification"] = "classification"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- building
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Coerce `value` to `annotation` where lossless (int -> float), else raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _check_type(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: {value!r} is not a list")
+        return [_check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if annotation is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null")
+        return None
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str) and _looks_like_float(value):
+        return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not an int")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}")
+    return value
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key '{prefix}{unknown[0]}'; {prefix.rstrip('.') or 'recipe'} accepts: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(f"{prefix}{name}", value, hint)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    return _build(RunConfig, values, "")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`training.learning_rate=1e-4` -> (["training", "learning_rate"], 1e-4), values parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.field=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return key.strip().split("."), value
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip().lower() not in {"nan", "inf", "-inf", "infinity"}
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = values
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return values
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML recipe, apply `--set` overrides, build and validate the typed config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
+    config = config_from_dict(apply_overrides(values, overrides or []))
+    validate(config)
+    return config
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Check values and combinations before anything expensive happens."""
+    from peftkit.adapters import METHODS
+
+    m, a, d, t = config.model, config.adapter, config.data, config.training
+    if not m.name_or_path:
+        raise ConfigError("model.name_or_path is empty; give a Hub id, a local folder or bundled:NAME")
+    if a.method not in METHODS:
+        raise ConfigError(f"adapter.method: {a.method!r} is not one of {', '.join(sorted(METHODS))}")
+    _positive(a.r, "adapter.r")
+    _positive(a.reduction_factor, "adapter.reduction_factor")
+    if not 0.0 <= a.lora_dropout < 1.0:
+        raise ConfigError(f"adapter.lora_dropout: {a.lora_dropout} must be in [0, 1)")
+    if isinstance(a.target_modules, str) and a.target_modules not in ("auto", "all-linear"):
+        raise ConfigError(
+            f"adapter.target_modules: {a.target_modules!r} must be 'auto', 'all-linear' or a list of names"
+        )
+    if isinstance(a.target_modules, list) and not a.target_modules:
+        raise ConfigError("adapter.target_modules: empty list; use 'auto' or name the modules")
+    if not d.train_file and not d.dataset:
+        raise ConfigError("data: set data.train_file (a local file) or data.dataset (a Hub dataset id)")
+    if d.train_file and d.dataset:
+        raise ConfigError("data: set only one of data.train_file and data.dataset")
+    if not 0.0 < d.validation_ratio < 1.0:
+        raise ConfigError(f"data.validation_ratio: {d.validation_ratio} must be between 0 and 1")
+    _positive(d.max_length, "data.max_length")
+    if d.max_train_samples is not None:
+        _positive(d.max_train_samples, "data.max_train_samples")
+    for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every_steps"):
+        _positive(getattr(t, name), f"training.{name}")
+    if t.num_epochs <= 0 and t.max_steps <= 0:
+        raise ConfigError("training: set num_epochs > 0 or max_steps > 0")
+    if t.learning_rate <= 0:
+        raise ConfigError(f"training.learning_rate: {t.learning_rate} must be > 0")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        raise ConfigError(f"training.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
+    if t.eval_every_steps < 0:
+        raise ConfigError("training.eval_every_steps must be >= 0 (0 evaluates at each epoch end)")
+    return config
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: {value} must be > 0")

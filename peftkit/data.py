@@ -1,0 +1,250 @@
+"""Labelled text data: read, check, map labels, tokenize once, and batch by length.
+
+Files (CSV/TSV/JSON/JSONL/Parquet) and Hub datasets are read with `datasets`.
+Every problem a user can fix in the data (missing file or column, empty split,
+empty labels, a single class, validation labels unseen in training) is raised
+as `DataError` with counts, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from peftkit.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_DATA = Path(__file__).parent / "bundled"
+_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """Data that cannot train a classifier; the message says what is wrong, with counts."""
+
+
+@dataclass
+class RawSplits:
+    """Untokenized splits and the label names (index = class id)."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    test: datasets.Dataset | None
+    labels: list[str]
+
+
+# ---------------------------------------------------------------- reading
+
+
+def resolve_data_path(path: str) -> Path:
+    """`bundled:FILE` -> a file shipped in `peftkit/bundled`; anything else is a local path."""
+    if path.startswith("bundled:"):
+        return BUNDLED_DATA / path.removeprefix("bundled:")
+    return Path(path).expanduser()
+
+
+def read_file(path: str, quoting: str = "auto") -> datasets.Dataset:
+    file = resolve_data_path(path)
+    if not file.is_file():
+        raise DataError(f"data file {str(file)!r} not found")
+    suffix = file.suffix.lower()
+    if suffix not in _BUILDERS:
+        raise DataError(f"data file {file.name!r}: unsupported format; use one of {', '.join(_BUILDERS)}")
+    kwargs = {}
+    if suffix in (".csv", ".tsv"):
+        none = quoting == "none" or (quoting == "auto" and suffix == ".tsv")
+        kwargs = {"delimiter": "\t" if suffix == ".tsv" else ",", "quoting": csv.QUOTE_NONE if none else 0}
+    try:
+        dataset = datasets.load_dataset(_BUILDERS[suffix], data_files=str(file), split="train", **kwargs)
+    except Exception as err:  # datasets raises many types for unreadable files
+        raise DataError(f"data file {str(file)!r} could not be read: {err}") from err
+    return dataset
+
+
+def read_splits(
+    config: DataConfig, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset | None]:
+    """(train, validation, test) as configured and checked; validation is carved from train when not given."""
+    if config.dataset:
+        train = datasets.load_dataset(config.dataset, config.dataset_config, split=config.train_split)
+        validation = (
+            datasets.load_dataset(config.dataset, config.dataset_config, split=config.validation_split)
+            if config.validation_split
+            else None
+        )
+    else:
+        train = read_file(config.train_file, config.csv_quoting)
+        validation = read_file(config.validation_file, config.csv_quoting) if config.validation_file else None
+    test = read_file(config.test_file, config.csv_quoting) if config.test_file else None
+    for name, split in (("train", train), ("validation", validation), ("test", test)):
+        if split is not None:
+            _check_split(name, split, config)
+    if config.max_train_samples:
+        train = train.shuffle(seed=seed).select(range(min(config.max_train_samples, len(train))))
+    if validation is None:
+        parts = train.train_test_split(test_size=config.validation_ratio, seed=seed)
+        train, validation = parts["train"], parts["test"]
+    return train, validation, test
+
+
+# ---------------------------------------------------------------- checking and labels
+
+
+def load_raw_splits(config: DataConfig, seed: int) -> RawSplits:
+    """Read, check and label the splits. Raises DataError before any model work."""
+    train, validation, test = read_splits(config, seed)
+    splits = {"train": train, "validation": validation} | ({"test": test} if test is not None else {})
+    labels = label_names(list(train[config.label_column]), config.label_names)
+    for name, split in splits.items():
+        unseen = Counter(str(v) for v in split[config.label_column] if _label_key(v, config) not in labels)
+        if unseen:
+            raise DataError(
+                f"{name} split has labels never seen in training: {dict(unseen)} "
+                f"(training labels: {labels}); fix the data or add examples of them to training"
+            )
+    counts = {name: dict(Counter(list(split[config.label_column]))) for name, split in splits.items()}
+    logger.info(
+        "data: %s rows per split, labels %s, per-split label counts %s",
+        {n: len(s) for n, s in splits.items()},
+        labels,
+        counts,
+    )
+    return RawSplits(train=train, validation=validation, test=test, labels=labels)
+
+
+def _check_split(name: str, split: datasets.Dataset, config: DataConfig) -> None:
+    if len(split) == 0:
+        raise DataError(f"{name} split is empty (0 rows)")
+    needed = [config.text_column, config.label_column] + (
+        [config.text_pair_column] if config.text_pair_column else []
+    )
+    for column in needed:
+        if column not in split.column_names:
+            raise DataError(
+                f"{name} split has no column {column!r}; its columns are {split.column_names}. "
+                f"Set data.text_column / data.label_column to the right names"
+            )
+    empty = sum(1 for v in split[config.label_column] if v is None or (isinstance(v, str) and not v.strip()))
+    if empty:
+        raise DataError(f"{name} split: {empty} of {len(split)} rows have an empty {config.label_column!r}")
+    no_text = sum(1 for v in split[config.text_column] if v is None)
+    if no_text:
+        raise DataError(f"{name} split: {no_text} of {len(split)} rows have an empty {config.text_column!r}")
+
+
+def label_names(values: list, names: list[str] | None) -> list[str]:
+    """Class names in id order: `names` for integer labels 0..n-1, else the sorted distinct values."""
+    distinct = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+    if names:
+        ints = [v for v in distinct if isinstance(v, int)]
+        if len(ints) != len(distinct) or min(ints) < 0 or max(ints) >= len(names):
+            raise DataError(f"data.label_names has {len(names)} names but the labels are {distinct}")
+        return list(names)
+    if len(distinct) < 2:
+        raise DataError(f"training data has a single class {distinct}: a classifier needs at least two")
+    return [str(v) for v in distinct]
+
+
+def _label_key(value, config: DataConfig) -> str:
+    if config.label_names and isinstance(value, int) and 0 <= value < len(config.label_names):
+        return config.label_names[value]
+    return str(value)
+
+
+# ---------------------------------------------------------------- tokenizing and batching
+
+
+def tokenize(
+    split: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, labels: list[str], config: DataConfig
+) -> list[dict]:
+    """Tokenize once (truncating, not padding) and map labels to ids; rows as plain dicts for fast indexing."""
+    label2id = {name: i for i, name in enumerate(labels)}
+    texts = list(split[config.text_column])
+    pairs = list(split[config.text_pair_column]) if config.text_pair_column else None
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=config.max_length)
+    keys = list(encoded.keys())
+    rows = []
+    for i, value in enumerate(split[config.label_column]):
+        row = {k: encoded[k][i] for k in keys}
+        row["labels"] = label2id[_label_key(value, config)]
+        rows.append(row)
+    return rows
+
+
+class LengthGroupedBatchSampler:
+    """Batches of similar-length examples, in shuffled order; reshuffled each epoch with `seed + epoch`.
+
+    As in transformers' `group_by_length`: shuffle, cut into mega-batches of
+    `mega_batch_factor * batch_size`, sort each by length, split into batches,
+    then shuffle the batches so lengths are not seen in order.
+    """
+
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        shuffle: bool = True,
+        group_by_length: bool = True,
+        seed: int = 0,
+        mega_batch_factor: int = 50,
+    ):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.mega = mega_batch_factor * batch_size
+        self.epoch = 0
+        self.drop_last = False  # read by accelerate when it shards the sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        n = len(self.lengths)
+        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+        if not self.group_by_length:
+            yield from (order[i : i + self.batch_size] for i in range(0, n, self.batch_size))
+            return
+        batches = []
+        for start in range(0, n, self.mega):
+            chunk = sorted(order[start : start + self.mega], key=lambda j: -self.lengths[j])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        yield from batches
+
+
+def make_dataloader(
+    rows: list[dict],
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    group_by_length: bool = True,
+    seed: int = 0,
+    pad_to_multiple_of: int | None = None,
+) -> DataLoader:
+    """Dynamic padding (to the longest in the batch) over length-grouped batches."""
+    sampler = LengthGroupedBatchSampler(
+        [len(r["input_ids"]) for r in rows],
+        batch_size,
+        shuffle=shuffle,
+        group_by_length=group_by_length,
+        seed=seed,
+    )
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
+    return DataLoader(rows, batch_sampler=sampler, collate_fn=collator)

@@ -1,0 +1,60 @@
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """family -> folder of a saved tiny classifier with its tokenizer."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: tiny.save_tiny_model(family, root / family) for family in tiny.FAMILIES}
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_files(tmp_path_factory) -> dict[str, Path]:
+    """A learnable two-class CSV set: train (240 rows), validation (80) and test (80)."""
+    root = tmp_path_factory.mktemp("toy-data")
+    return {
+        "train": write_csv(root / "train.csv", tiny.toy_sentiment(240, seed=1)),
+        "validation": write_csv(root / "validation.csv", tiny.toy_sentiment(80, seed=2)),
+        "test": write_csv(root / "test.csv", tiny.toy_sentiment(80, seed=3)),
+    }
+
+
+def tiny_run_config(model_dir: Path, files: dict[str, Path], output_dir: Path, **training) -> dict:
+    """A recipe dict for a fast run on a tiny model and the toy data."""
+    return {
+        "model": {"name_or_path": str(model_dir)},
+        "adapter": {"method": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
+        "data": {
+            "train_file": str(files["train"]),
+            "validation_file": str(files["validation"]),
+            "test_file": str(files["test"]),
+            "max_length": 32,
+        },
+        "training": {
+            "output_dir": str(output_dir),
+            "num_epochs": 6,
+            "batch_size": 16,
+            "learning_rate": 1e-2,
+            "warmup_ratio": 0.0,
+            "log_every_steps": 5,
+            "progress_bar": False,
+            "seed": 0,
+            **training,
+        },
+    }
