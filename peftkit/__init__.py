@@ -23,6 +23,12 @@ _EXPORTS = {
     "Classifier": "peftkit.predict",
     "Prediction": "peftkit.predict",
     "load_classifier": "peftkit.predict",
+    "export_model": "peftkit.export",
+    "ExportResult": "peftkit.export",
+    "ExportError": "peftkit.export",
+    "combine_adapters": "peftkit.merge",
+    "push_to_hub": "peftkit.hub",
+    "TrainingInterrupted": "peftkit.train",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,13 +20,33 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from peftkit.adapters import apply_adapter, count_parameters
+from peftkit.checkpoint import Checkpoints
 from peftkit.config import ConfigError, RunConfig, apply_overrides, config_from_dict, load_recipe, validate
 from peftkit.data import load_raw_splits, make_dataloader, tokenize
 from peftkit.evaluate import evaluate
 from peftkit.export import adapter_metadata, save_adapter
 from peftkit.io import write_json
 from peftkit.model import load_model, load_tokenizer
-from peftkit.train import MetricsLog, resolve_mixed_precision, train_loop
+from peftkit.strategies import (
+    BACKBONE_METHODS,
+    build_strategies,
+    fisher_batches,
+    prepare_backbone,
+    source_rows,
+    training_split,
+)
+from peftkit.strategies.features import feature_setup, save_feature_head
+from peftkit.strategies.sampling import replay_dataloader
+from peftkit.train import (
+    MetricsLog,
+    check_launch,
+    enable_gradient_checkpointing,
+    full_state_dict,
+    prepare_for_training,
+    resolve_mixed_precision,
+    train_loop,
+    use_cpu_backend,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +101,22 @@ def finetune(
     accelerator = Accelerator(
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         mixed_precision=resolve_mixed_precision(t.mixed_precision),
+        cpu=use_cpu_backend(),
     )
+    check_launch(accelerator)
+    checkpoints = Checkpoints.for_run(config, accelerator)  # refuses a mismatched resume before any loading
     set_seed(t.seed)
-    raw = load_raw_splits(config.data, t.seed)
+    raw = training_split(load_raw_splits(config.data, t.seed), config)  # k-shot, augmentation
     tokenizer = load_tokenizer(config.model)
     rows = {name: tokenize(split, tokenizer, raw.labels, config.data) for name, split in _splits(raw).items()}
-    loaded = load_model(config.model, raw.labels, tokenizer)
-    model = apply_adapter(loaded.model, config.adapter, loaded.family)
+    loaded = load_model(config.model, raw.labels, tokenizer, config.adapter)
+    if config.adapter.method in BACKBONE_METHODS:  # full fine-tuning or feature extraction: no adapter
+        model = prepare_backbone(loaded.model, config.adapter.method)
+    else:
+        model = apply_adapter(loaded.model, config.adapter, loaded.family)
+    source = source_rows(config, tokenizer, raw.labels)  # source-task data for EWC and replay
+    if t.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     pad_multiple = 8 if accelerator.device.type == "cuda" else None
 
     def loader(name: str, batch_size: int, shuffle: bool):
@@ -96,13 +125,25 @@ def finetune(
             seed=t.seed, pad_to_multiple_of=pad_multiple,
         )  # fmt: skip
 
+    method = config.adapter.method
+    if method == "features":  # train a linear head on features computed once
+        model, loader = feature_setup(loaded.model, rows, tokenizer, config, loaded.family.kind, t.seed)
     train_dl = loader("train", t.batch_size, shuffle=True)
+    if config.data.replay_ratio > 0:
+        train_dl = replay_dataloader(
+            rows["train"], source, tokenizer, t.batch_size, config.data.replay_ratio, t.seed, pad_multiple
+        )
     eval_dl = loader("validation", t.eval_batch_size, shuffle=False)
-    model, train_dl, eval_dl = accelerator.prepare(model, train_dl, eval_dl)
+    model, optimizer, scheduler, train_dl, eval_dl = prepare_for_training(
+        accelerator, model, train_dl, eval_dl, t
+    )
     num_labels = len(raw.labels)
+    ewc_batches = fisher_batches(source, tokenizer, config, accelerator.device) if t.ewc_lambda > 0 else None
+    strategies = build_strategies(config, model, len(train_dl) // t.gradient_accumulation_steps, ewc_batches)
 
     output_dir = Path(t.output_dir)
-    log = MetricsLog(output_dir / "metrics.jsonl" if accelerator.is_main_process else None)
+    resume_step = checkpoints.resume_step if checkpoints else None
+    log = MetricsLog(output_dir / "metrics.jsonl" if accelerator.is_main_process else None, resume_step)
     result = train_loop(
         model,
         train_dl,
@@ -110,6 +151,11 @@ def finetune(
         accelerator,
         evaluate_fn=lambda: evaluate(model, eval_dl, accelerator, num_labels),
         log=log,
+        checkpoints=checkpoints,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        step_hooks=strategies.step_hooks,
+        regularizer=strategies.regularizer,
     )
     last = result.evaluations[-1] if result.evaluations else None
     validation = (
@@ -136,12 +182,19 @@ def finetune(
 
     adapter_dir = None
     accelerator.wait_for_everyone()
+    state_dict = full_state_dict(accelerator, model) if config.export.save_adapter else None
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if config.export.save_adapter:
-            adapter_dir = save_adapter(
-                unwrapped, tokenizer, adapter_metadata(config, raw.labels, unwrapped), output_dir / "adapter"
-            )
+            base = loaded.model if method == "features" else unwrapped
+            metadata = adapter_metadata(config, raw.labels, base)
+            if method == "features":
+                adapter_dir = save_feature_head(unwrapped, tokenizer, metadata, output_dir / "head")
+            elif method == "full":  # a plain transformers model folder
+                metadata |= {"format": "full"}
+                adapter_dir = save_adapter(unwrapped, tokenizer, metadata, output_dir / "model", state_dict)
+            else:
+                adapter_dir = save_adapter(unwrapped, tokenizer, metadata, output_dir / "adapter", state_dict)
         write_json(output_dir / "run.json", _run_record(config, raw.labels, metrics))
     accelerator.wait_for_everyone()
     logger.info("validation: %s", {k: round(v, 4) for k, v in validation.items()})

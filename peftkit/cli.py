@@ -1,4 +1,4 @@
-"""Command line: `peftkit train | eval | predict`, a thin layer over the Python API.
+"""Command line: `peftkit train | eval | predict | export | push`, a thin layer over the Python API.
 
 Works the same under `accelerate launch -m peftkit train RECIPE`.
 """
@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped by SIGTERM/SIGINT after writing a checkpoint; resume it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
         help="override a recipe field, e.g. --set training.learning_rate=1e-4 (repeatable)",
     )  # fmt: skip
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument(
+        "--resume", metavar="auto|PATH",
+        help="continue from the newest committed checkpoint in OUTPUT_DIR/checkpoints (auto) or from PATH",
+    )  # fmt: skip
 
     ev = sub.add_parser(
         "eval",
@@ -40,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run folder or adapter folder")
     ev.add_argument("--data", required=True, help="labelled CSV/TSV/JSON/JSONL/Parquet file")
     ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--base-model", help="load the adapter on this base (a local copy or Hub id); checked")
 
     pr = sub.add_parser("predict", help="predict labels for texts", description="Predict labels for texts.")
     pr.add_argument("run", help="run folder or adapter folder")
@@ -49,12 +56,57 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--output", help="write predictions as JSONL here instead of printing them")
     pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--base-model", help="load the adapter on this base (a local copy or Hub id); checked")
+    _export_parsers(sub)
     return parser
+
+
+def _export_parsers(sub) -> None:
+    ex = sub.add_parser(
+        "export",
+        help="export a standalone adapter or a merged model, with a model card",
+        description="Export a run or adapter folder as a standalone adapter or as a merged model, with a card.",
+    )
+    ex.add_argument("run", help="run folder or adapter folder")
+    kind = ex.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--adapter", action="store_true", help="the adapter, head, tokenizer and labels (peft)")
+    kind.add_argument("--merged", action="store_true", help="the adapter merged into the base (transformers)")
+    ex.add_argument("--output", required=True, help="new folder to write")
+    ex.add_argument(
+        "--base-model-id", help="Hub id of the base model, for the card (when trained on a folder)"
+    )
+    ex.add_argument("--license", default="apache-2.0", help="license in the card (default apache-2.0)")
+    ex.add_argument("--max-shard-size", default="2GB", help="merged: largest safetensors shard (default 2GB)")
+    ex.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="merged: dtype"
+    )
+    ex.add_argument(
+        "--requantize", action="store_true", help="merged: save quantized to 4 bit (bitsandbytes)"
+    )
+    ex.add_argument(
+        "--push-to-hub", metavar="REPO", help="then upload the export to this Hub repo (USER/NAME)"
+    )
+    ex.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+
+    pu = sub.add_parser(
+        "push",
+        help="upload an export (or a run, exported first) to the Hugging Face Hub",
+        description="Upload an export folder (or a run folder, exported as an adapter first) to a Hub model repo. "
+        "The token comes from HF_TOKEN or `hf auth login`.",
+    )
+    pu.add_argument("run", help="export folder or run folder")
+    pu.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME")
+    pu.add_argument("--private", action="store_true", help="create the repo private")
+    pu.add_argument(
+        "--dry-run", action="store_true", help="list the files that would be uploaded; send nothing"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main_process = os.environ.get("RANK", "0") == "0"  # under a launcher, other processes only warn
+    level = logging.INFO if main_process else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.version:
         from peftkit import __version__
 
@@ -65,20 +117,28 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from peftkit.config import ConfigError
     from peftkit.data import DataError
+    from peftkit.export import ExportError
+    from peftkit.hub import HubError
     from peftkit.predict import AdapterFolderError
+    from peftkit.train import TrainingInterrupted
 
     try:
-        return {"train": _train, "eval": _eval, "predict": _predict}[args.command](args)
-    except (ConfigError, DataError, AdapterFolderError) as err:
+        commands = {"train": _train, "eval": _eval, "predict": _predict, "export": _export, "push": _push}
+        return commands[args.command](args)
+    except (ConfigError, DataError, AdapterFolderError, ExportError, HubError) as err:
         print(f"peftkit: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingInterrupted as err:
+        print(f"peftkit: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _train(args) -> int:
     from peftkit.api import finetune
     from peftkit.config import load_recipe
 
-    config = load_recipe(args.recipe, args.overrides)
+    overrides = args.overrides + ([f"training.resume={args.resume}"] if args.resume else [])
+    config = load_recipe(args.recipe, overrides)
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
@@ -97,7 +157,7 @@ def _eval(args) -> int:
     from peftkit.data import read_file
     from peftkit.predict import load_classifier
 
-    classifier = load_classifier(args.run)
+    classifier = load_classifier(args.run, base_model=args.base_model)
     columns = classifier.metadata["data"]
     data = read_file(args.data)
     texts = list(data[columns["text_column"]])
@@ -116,7 +176,7 @@ def _predict(args) -> int:
     if not texts:
         print("peftkit predict: give texts as arguments or --file", file=sys.stderr)
         return EXIT_USAGE
-    classifier = load_classifier(args.run)
+    classifier = load_classifier(args.run, base_model=args.base_model)
     predictions = classifier.predict(texts, batch_size=args.batch_size)
     lines = [
         json.dumps(
@@ -128,6 +188,28 @@ def _predict(args) -> int:
         Path(args.output).write_text("\n".join(lines) + "\n")
     else:
         print("\n".join(lines))
+    return 0
+
+
+def _export(args) -> int:
+    from peftkit.export import export_model
+
+    result = export_model(
+        args.run, args.output, merged=args.merged, base_model_id=args.base_model_id, license=args.license,
+        max_shard_size=args.max_shard_size, dtype=args.dtype, requantize=args.requantize,
+        push_to_hub=args.push_to_hub, private=args.private,
+    )  # fmt: skip
+    summary = {"output_dir": str(result.output_dir), "files": result.files, "merge_check": result.merge_check}
+    print(json.dumps(summary | ({"pushed": result.pushed} if result.pushed else {}), indent=2))
+    return 0
+
+
+def _push(args) -> int:
+    from peftkit.hub import push_to_hub
+
+    print(
+        json.dumps(push_to_hub(args.run, args.repo_id, private=args.private, dry_run=args.dry_run), indent=2)
+    )
     return 0
 
 

@@ -34,12 +34,28 @@ class ModelConfig:
     """Run model code from the Hub. Off unless the recipe asks; never switched on by a file."""
     pad_token: Literal["eos", "unk", "add"] = "eos"
     """Pad policy for tokenizers without a pad token (LLaMA-class): reuse EOS, reuse UNK, or add `<pad>`."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """Load the base model's linear layers quantized by bitsandbytes (`pip install 'peftkit[qlora]'`): 4-bit
+    (QLoRA, Dettmers et al. 2023) or 8-bit (LLM.int8). `adapter.method: qlora` with `none` loads in 4 bit. The
+    classification head stays unquantized and trainable. LoRA methods only."""
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type: NormalFloat4 (the QLoRA paper's choice for normally distributed weights) or FP4."""
+    bnb_4bit_use_double_quant: bool = True
+    """Quantize the 4-bit quantization constants too (QLoRA's double quantization, ~0.4 bit per weight less)."""
+    bnb_4bit_compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    """dtype the 4-bit weights are dequantized to for each matmul. bfloat16 works on CPUs too (fast with
+    AVX512-BF16/AMX); use float32 on CPUs without bf16 support."""
+    pooling: Literal["auto", "cls", "mean", "last"] = "auto"
+    """`adapter.method: features`: how a text's token states become one vector: first token (`cls`), masked
+    mean (`mean`), last non-pad token (`last`); `auto`: mean for encoders and T5/BART, last for decoders."""
 
 
 @dataclass
 class AdapterConfig:
     method: str = "lora"
-    """Adaptation method; see `peftkit.adapters.METHODS` for the choices."""
+    """Adaptation method: a peft adapter (`peftkit.adapters.METHODS`), `full` (full fine-tuning: every weight
+    trains; saved as a plain transformers model) or `features` (frozen backbone, a new linear head trained on
+    cached pooled features; see `model.pooling`, `training.feature_cache`)."""
     r: int = 8
     """LoRA rank."""
     lora_alpha: float = 16.0
@@ -58,6 +74,24 @@ class AdapterConfig:
     """Bottleneck adapters: after attention and FFN (Houlsby), after FFN (Pfeiffer), or parallel to the FFN (He)."""
     scaling: float = 1.0
     """Bottleneck adapters, parallel placement: scale of the adapter output."""
+    use_dora: bool = False
+    """LoRA methods: DoRA (Liu et al. 2024): LoRA on the direction of each weight plus a trained magnitude."""
+    use_rslora: bool = False
+    """LoRA methods: rank-stabilised scale lora_alpha / sqrt(r) (Kalajdzievski 2023) instead of lora_alpha / r."""
+    init_lora_weights: Literal[True, False, "gaussian", "orthogonal"] = True
+    """LoRA methods: `true` (A Kaiming-uniform, B zero: the paper's), `gaussian` (A Gaussian, B zero),
+    `orthogonal` (orthogonal A and B, starting as the base model), `false` (random A and B: not a no-op; for
+    debugging). Inits that rewrite the base weights (PiSSA, OLoRA) are not offered: the saved adapter would
+    not fit the original base."""
+    layers_to_transform: list[int] | None = None
+    """LoRA methods: adapt only these block indexes (0-based; for T5, the same index in encoder and decoder)."""
+    loraplus_lr_ratio: float | None = None
+    """LoRA methods: LoRA+ (Hayou et al. 2024): the B matrices learn at learning_rate x this ratio (paper: 16)."""
+    num_virtual_tokens: int = 20
+    """Prefix and prompt tuning: number of virtual tokens (prefix key/values per layer, or input embeddings)."""
+    prefix_projection: bool = False
+    """Prefix tuning: reparametrise the prefix through a two-layer MLP (Li & Liang 2021). Off: the prefix
+    key/values are trained directly (P-tuning v2, Liu et al. 2022)."""
 
 
 @dataclass
@@ -86,6 +120,20 @@ class DataConfig:
     """Use only the first N training rows after a seeded shuffle (quick experiments)."""
     csv_quoting: Literal["auto", "minimal", "none"] = "auto"
     """CSV quoting; `auto` is `none` for .tsv (GLUE style) and `minimal` for .csv."""
+    k_shot: int | None = None
+    """Few-shot: train on exactly k examples per class, drawn with `training.seed` (after the validation carve)."""
+    augment: Literal["none", "delete", "swap", "delete+swap"] = "none"
+    """Add `augment_copies` augmented copies of the training texts (seeded): random word deletion (each word
+    with probability `augment_prob`) and/or random swaps (round(augment_prob x words) swaps)."""
+    augment_prob: float = 0.1
+    """Augmentation strength (the EDA paper's alpha; 0.1 suits short texts)."""
+    augment_copies: int = 1
+    """Augmented copies added per training example."""
+    source_file: str | None = None
+    """Source-task data (same columns; labels within the target's label set) for `training.ewc_lambda` (its
+    Fisher information) and `replay_ratio`."""
+    replay_ratio: float = 0.0
+    """Replay: this fraction of every training batch is drawn from `source_file` (0: off)."""
 
 
 @dataclass
@@ -113,6 +161,38 @@ class TrainingConfig:
     log_every_steps: int = 10
     seed: int = 42
     progress_bar: bool = True
+    save_every_steps: int = 0
+    """Write a checkpoint to `output_dir/checkpoints/step-N` every N optimizer steps (0: off). A SIGTERM/SIGINT
+    always writes one before the run stops."""
+    save_total_limit: int = 2
+    """Checkpoints kept: the newest N, plus the best by `metric_for_best` when evaluations exist."""
+    resume: str | None = None
+    """`auto` (the newest committed checkpoint in `output_dir/checkpoints`, or a fresh start when there is none),
+    a checkpoint folder, or null (start fresh). Refused when the base model, adapter, data, world size or
+    batch size differ from the checkpoint's run."""
+    metric_for_best: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    """Validation metric that picks the best checkpoint kept by rotation (`loss`: lower is better)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
+    layerwise_lr_decay: float | None = None
+    """Discriminative learning rates: layer group at depth d (0 = head, then blocks top-down, embeddings last)
+    learns at learning_rate x decay^d. Typical 0.8-0.95; null: one rate for all."""
+    gradual_unfreezing: bool = False
+    """ULMFiT gradual unfreezing: start with the head (and, with an adapter, the top block's adapter) trainable
+    and unfreeze one more layer group, top-down, every `unfreeze_every_steps`."""
+    unfreeze_every_steps: int = 0
+    """Optimizer steps between two unfreezings (0: one layer group per epoch)."""
+    ewc_lambda: float = 0.0
+    """EWC (Kirkpatrick et al. 2017): adds lambda/2 x sum F (w - w*)^2, F the diagonal Fisher on
+    `data.source_file` at the starting weights (0: off). Head excluded."""
+    ewc_fisher_batches: int = 16
+    """Source-task batches (of `batch_size`) that estimate EWC's Fisher information."""
+    l2sp_lambda: float = 0.0
+    """L2-SP (Li et al. 2018): adds lambda/2 x ||w - w0||^2 towards the starting weights (0: off). Head excluded.
+    AdamW rescales the penalty's gradient like the task's, so start small (1e-4 to 1e-2), not the paper's SGD 0.1."""
+    feature_cache: Literal["disk", "memory"] = "disk"
+    """`adapter.method: features`: keep the features in memory only, or also in `output_dir/features/`
+    (safetensors, keyed by a fingerprint of model, data, pooling and max_length; reused by later runs)."""
 
 
 @dataclass
@@ -151,6 +231,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
                 continue
         raise ConfigError(f"{key}: {value!r} is not a {_type_name(annotation)}")
     if origin is Literal:
+        if value is False and "no" in args:
+            value = "no"  # YAML 1.1 reads an unquoted `no` (mixed_precision: no) as false
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
             raise ConfigError(f"{key}: {value!r} is not one of {choices}")
@@ -250,13 +332,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 def validate(config: RunConfig) -> RunConfig:
     """Check values and combinations before anything expensive happens."""
-    from peftkit.adapters import METHODS
+    from peftkit.adapters import METHODS, check_method_compatible
+    from peftkit.strategies import BACKBONE_METHODS, check_strategies
 
     m, a, d, t = config.model, config.adapter, config.data, config.training
     if not m.name_or_path:
         raise ConfigError("model.name_or_path is empty; give a Hub id, a local folder or bundled:NAME")
-    if a.method not in METHODS:
-        raise ConfigError(f"adapter.method: {a.method!r} is not one of {', '.join(sorted(METHODS))}")
+    if a.method not in METHODS and a.method not in BACKBONE_METHODS:
+        choices = ", ".join(sorted([*METHODS, *BACKBONE_METHODS]))
+        raise ConfigError(f"adapter.method: {a.method!r} is not one of {choices}")
     _positive(a.r, "adapter.r")
     _positive(a.reduction_factor, "adapter.reduction_factor")
     if not 0.0 <= a.lora_dropout < 1.0:
@@ -267,6 +351,8 @@ def validate(config: RunConfig) -> RunConfig:
         )
     if isinstance(a.target_modules, list) and not a.target_modules:
         raise ConfigError("adapter.target_modules: empty list; use 'auto' or name the modules")
+    check_method_compatible(config)  # method options, quantization, and combinations peft cannot run
+    check_strategies(config)  # transfer-learning options (peftkit.strategies)
     if not d.train_file and not d.dataset:
         raise ConfigError("data: set data.train_file (a local file) or data.dataset (a Hub dataset id)")
     if d.train_file and d.dataset:
@@ -286,6 +372,11 @@ def validate(config: RunConfig) -> RunConfig:
         raise ConfigError(f"training.warmup_ratio: {t.warmup_ratio} must be in [0, 1)")
     if t.eval_every_steps < 0:
         raise ConfigError("training.eval_every_steps must be >= 0 (0 evaluates at each epoch end)")
+    if t.save_every_steps < 0:
+        raise ConfigError("training.save_every_steps must be >= 0 (0 turns periodic checkpoints off)")
+    _positive(t.save_total_limit, "training.save_total_limit")
+    if t.resume == "":
+        raise ConfigError("training.resume is empty; use auto, a checkpoint folder, or null")
     return config
 
 

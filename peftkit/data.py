@@ -247,4 +247,7 @@ def make_dataloader(
         seed=seed,
     )
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
-    return DataLoader(rows, batch_sampler=sampler, collate_fn=collator)
+    # Its own generator: each pass draws a worker seed, which must not come from the global RNG that
+    # dropout uses, or a resumed run would see different dropout masks than an uninterrupted one.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(rows, batch_sampler=sampler, collate_fn=collator, generator=generator)

@@ -1,26 +1,62 @@
-"""Save a trained classifier as a standalone adapter folder that plain peft can load.
+"""Save a trained classifier, and export it for sharing: a standalone adapter or a merged model, with a card.
 
-The folder holds `adapter_model.safetensors` (adapter and classifier head),
-`adapter_config.json`, the tokenizer and `peftkit.json` (labels, base model and
-the data columns the model was trained on). It is written atomically.
+`save_adapter` (called by `api.finetune`) writes the run's adapter folder:
+`adapter_model.safetensors` (adapter and classifier head), `adapter_config.json`,
+the tokenizer and `peftkit.json` (labels, base model, data columns, quantization).
+
+`export_model` turns a run or adapter folder into a folder to share, written
+atomically, with a model card (`card.py`) and only portable names in it (no path
+of this machine):
+
+- `merged=False`: the adapter as above; plain peft loads it on the stated base.
+- `merged=True`: the adapter folded into the base weights (`merge.py`); plain
+  transformers loads it, with the labels in its config.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from peftkit import __version__
+from peftkit.adapters import quantization_for
 from peftkit.config import RunConfig
 from peftkit.io import atomic_dir, write_json
 
+logger = logging.getLogger(__name__)
+
 METADATA_FILE = "peftkit.json"
+RUN_RECORD = "run.json"
+CARD_FILE = "README.md"
+
+# Hub ids of the models peftkit ships offline (`model.BUNDLED_MODELS`), named in exported cards and configs.
+BUNDLED_HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+class ExportError(ValueError):
+    """An export that cannot be done (or failed its check); the message says why and what to do."""
+
+
+@dataclass
+class ExportResult:
+    output_dir: Path
+    files: list[str]
+    merge_check: dict | None = None
+    """For merged exports: how closely the merged model reproduces the adapter model (see `merge.py`)."""
+    pushed: dict = field(default_factory=dict)
+    """With `push_to_hub`: the repo id, the files sent and the repo URL."""
 
 
 def adapter_metadata(config: RunConfig, labels: list[str], model: PeftModel) -> dict:
-    base_config = model.get_base_model().config
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # full fine-tuning: no peft
+    base_config = base.config
+    quantization = quantization_for(config.model, config.adapter.method)
     return {
         "peftkit_version": __version__,
         "task": config.task,
@@ -36,15 +72,151 @@ def adapter_metadata(config: RunConfig, labels: list[str], model: PeftModel) -> 
             "label_column": config.data.label_column,
             "max_length": config.data.max_length,
         },
+        "quantization": None
+        if quantization == "none"
+        else {
+            "mode": quantization,
+            "bnb_4bit_quant_type": config.model.bnb_4bit_quant_type,
+            "bnb_4bit_use_double_quant": config.model.bnb_4bit_use_double_quant,
+            "bnb_4bit_compute_dtype": config.model.bnb_4bit_compute_dtype,
+        },
     }
 
 
 def save_adapter(
-    model: PeftModel, tokenizer: PreTrainedTokenizerBase, metadata: dict, folder: str | Path
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    metadata: dict,
+    folder: str | Path,
+    state_dict: dict | None = None,
 ) -> Path:
-    """Write the adapter folder atomically and return its path."""
+    """Write the adapter folder atomically and return its path.
+
+    `state_dict`: the model's full state dict when its own parameters are shards (FSDP, DeepSpeed).
+    """
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / METADATA_FILE, metadata)
     return Path(folder)
+
+
+# ---------------------------------------------------------------- export for sharing
+
+
+def export_model(
+    path: str | Path,
+    output: str | Path,
+    merged: bool = False,
+    *,
+    base_model_id: str | None = None,
+    license: str = "apache-2.0",
+    max_shard_size: str = "2GB",
+    dtype: str = "float32",
+    requantize: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
+) -> ExportResult:
+    """Export the run or adapter folder `path` to `output` as a standalone adapter or (`merged`) a merged model.
+
+    `base_model_id` names the base model's Hub id in the card and configs (needed when
+    the run used a local folder). Merged exports are checked against the adapter model
+    and refused beyond the tolerance (`merge.py`); `dtype`, `requantize` and
+    `max_shard_size` apply to them only. `push_to_hub` uploads the result (`hub.push_to_hub`).
+    """
+    from peftkit.predict import find_adapter_dir  # predict loads what this module writes
+
+    folder = find_adapter_dir(path)
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    record = load_run_record(folder)
+    output = Path(output)
+    check_output(output, folder)
+    if not merged and (dtype != "float32" or requantize):
+        raise ExportError("--dtype and --requantize apply to merged exports (--merged), not to --adapter")
+    portable = portable_metadata(metadata, base_model_id)
+    if merged:
+        from peftkit.merge import export_merged
+
+        check = export_merged(
+            folder, metadata, record, portable, output, license, max_shard_size, dtype, requantize
+        )
+    else:
+        check = None
+        _export_adapter(folder, metadata, record, portable, output, license)
+    result = ExportResult(output, sorted(p.name for p in output.iterdir()), check)
+    logger.info(
+        "exported %s to %s: %s", "merged model" if merged else "adapter", output, ", ".join(result.files)
+    )
+    if push_to_hub:
+        from peftkit import hub
+
+        result.pushed = hub.push_to_hub(output, push_to_hub, private=private)
+    return result
+
+
+def _export_adapter(
+    folder: Path, metadata: dict, record: dict | None, portable: dict, output: Path, license: str
+) -> None:
+    from peftkit.card import model_card
+
+    with atomic_dir(output) as tmp:
+        for file in folder.iterdir():
+            if file.is_file() and file.name != CARD_FILE:  # peft writes a placeholder card; ours replaces it
+                shutil.copy2(file, tmp / file.name)
+        config = json.loads((tmp / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = portable["base_model_id"]
+        write_json(tmp / "adapter_config.json", config)
+        write_json(tmp / METADATA_FILE, portable | {"format": "adapter"})
+        card = model_card(portable, record, merged=False, license=license, peft_config=config)
+        (tmp / CARD_FILE).write_text(card)
+
+
+def load_run_record(adapter_dir: Path) -> dict | None:
+    """The run's `run.json` (config, metrics, versions) beside a run's `adapter/` folder, or None."""
+    file = adapter_dir.parent / RUN_RECORD
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def portable_metadata(metadata: dict, base_model_id: str | None = None) -> dict:
+    """`metadata` for sharing: the base model by a name that means something on another machine.
+
+    `base_model` stays loadable by peftkit (`bundled:NAME` or a Hub id); `base_model_id` is the Hub id
+    for cards and `adapter_config.json`. A local folder is replaced by `base_model_id` or its folder name.
+    """
+    base = metadata["base_model"]
+    if base.startswith("bundled:"):
+        hub_id = base_model_id or BUNDLED_HUB_IDS.get(base.removeprefix("bundled:"), base)
+        return metadata | {"base_model_id": hub_id}
+    if is_local_path(base):
+        name = base_model_id or Path(base).name
+        if not base_model_id:
+            logger.warning(
+                "the base model is a local folder; the export names it only %r. Pass --base-model-id ORG/NAME "
+                "(its Hub id) so that others can find it; load it here with --base-model %s",
+                name,
+                base,
+            )
+        return metadata | {"base_model": name, "base_model_id": name}
+    return metadata | {"base_model_id": base_model_id or base}
+
+
+def is_local_path(name: str) -> bool:
+    path = Path(name).expanduser()
+    return path.is_absolute() or path.exists() or name.startswith((".", "~"))
+
+
+def check_output(output: Path, source: Path) -> None:
+    """Refuse an output that would replace the source or a folder peftkit did not write."""
+    out, src = output.resolve(), source.resolve()
+    if out == src or src.is_relative_to(out) or out.is_relative_to(src):
+        raise ExportError(f"--output {str(output)!r} overlaps the folder being exported ({str(source)!r})")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_export(out))):
+        raise ExportError(
+            f"--output {str(output)!r} exists and is not an earlier peftkit export; choose a new folder"
+        )
+
+
+def is_export(folder: Path) -> bool:
+    """Whether `folder` was written by `export_model` (its peftkit.json says which format)."""
+    meta = folder / METADATA_FILE
+    return meta.is_file() and "format" in json.loads(meta.read_text())

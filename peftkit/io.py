@@ -34,6 +34,38 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def committed_dir(final: str | Path, marker: str = "COMMITTED") -> Iterator[Path]:
+    """Yield `.tmp-NAME` beside `final`; when the block ends, write `marker` last and rename to `final`.
+
+    For folders that crash recovery scans (checkpoints): readers trust a folder only when it has
+    `marker`. A crash, or an exception in the block, leaves the `.tmp-` folder as it was (readers
+    skip it; the next write of the same name replaces it), never a half-written `final`.
+    """
+    final = Path(final)
+    tmp = final.parent / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    for file in tmp.iterdir():
+        _fsync(file)
+    (tmp / marker).write_text("")
+    _fsync(tmp / marker)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync(final.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or folder to disk, so that a power loss cannot reorder the marker before the data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write JSON through a temporary file and an atomic rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -4,6 +4,10 @@ Labels come from the data and are written into the model config (`id2label`,
 `label2id`), so the saved head knows its classes. Tokenizers without a pad
 token (LLaMA-class) get one by the recipe's pad policy, and the model config's
 `pad_token_id` follows it (the classification head pools the last non-pad token).
+
+With `model.quantization` (or `adapter.method: qlora`) the linear layers load
+quantized by bitsandbytes, the head stays in full precision, and peft's
+`prepare_model_for_kbit_training` readies the result for adapter training.
 """
 
 from __future__ import annotations
@@ -14,16 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from peft import prepare_model_for_kbit_training
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    BitsAndBytesConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from peftkit.config import ConfigError, ModelConfig
-from peftkit.families import Family, family_for
+from peftkit.adapters import check_method_supported, quantization_for
+from peftkit.config import AdapterConfig, ConfigError, ModelConfig
+from peftkit.families import FAMILIES, Family, family_for
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,9 @@ BUNDLED_MODELS = {
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+# Head module names kept out of quantization for architectures without a family entry.
+_GUESSED_HEADS = ("classifier", "score", "classification_head", "pre_classifier")
 
 
 @dataclass
@@ -85,8 +96,17 @@ def _set_pad_token(tokenizer: PreTrainedTokenizerBase, policy: str) -> None:
     logger.info("tokenizer has no pad token: using %r (model.pad_token=%s)", tokenizer.pad_token, policy)
 
 
-def load_model(config: ModelConfig, labels: list[str], tokenizer: PreTrainedTokenizerBase) -> LoadedModel:
-    """Load the classifier with a fresh head for `labels`, and its family."""
+def load_model(
+    config: ModelConfig,
+    labels: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    adapter: AdapterConfig | None = None,
+) -> LoadedModel:
+    """Load the classifier with a fresh head for `labels`, and its family.
+
+    With `adapter`, a method that cannot work on this family is refused before
+    the weights load, and `qlora` quantizes the base.
+    """
     path = resolve_model_path(config.name_or_path)
     hf_config = AutoConfig.from_pretrained(
         path,
@@ -96,6 +116,10 @@ def load_model(config: ModelConfig, labels: list[str], tokenizer: PreTrainedToke
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
     )
+    known = FAMILIES.get(hf_config.model_type)
+    if adapter is not None and known is not None:
+        check_method_supported(adapter.method, known)
+    quantization = quantization_for(config, adapter.method if adapter else None)
     if tokenizer.pad_token_id < getattr(hf_config, "vocab_size", tokenizer.pad_token_id + 1):
         hf_config.pad_token_id = tokenizer.pad_token_id  # an added pad token is set after the resize below
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -105,9 +129,69 @@ def load_model(config: ModelConfig, labels: list[str], tokenizer: PreTrainedToke
         trust_remote_code=config.trust_remote_code,
         dtype=DTYPES[config.dtype],
         ignore_mismatched_sizes=True,  # a base that already has a head for other labels gets a fresh one
+        **quantized_loading(config, quantization, list(known.head_modules if known else _GUESSED_HEADS)),
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
+    if quantization != "none":
+        model = prepare_quantized_model(model)
     family = family_for(hf_config.model_type, model)
     return LoadedModel(model=model, tokenizer=tokenizer, family=family)
+
+
+def quantized_loading(config: ModelConfig, quantization: str, skip_modules: list[str]) -> dict:
+    """`from_pretrained` arguments for `quantization` ("none", "4bit", "8bit"); `skip_modules` stay unquantized.
+
+    On a GPU the weights are quantized straight onto this process's device (bitsandbytes
+    models are not moved after loading); on a CPU they stay where they load.
+    """
+    if quantization == "none":
+        return {}
+    loading = {"quantization_config": quantization_config(config, quantization, skip_modules)}
+    if torch.cuda.is_available():
+        loading["device_map"] = {"": PartialState().device}
+    return loading
+
+
+def quantization_config(
+    config: ModelConfig, quantization: str, skip_modules: list[str]
+) -> BitsAndBytesConfig:
+    """bitsandbytes settings for `quantization` ("4bit" or "8bit")."""
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=DTYPES[config.bnb_4bit_compute_dtype],
+        llm_int8_skip_modules=skip_modules,
+    )
+
+
+def prepare_quantized_model(model: PreTrainedModel) -> PreTrainedModel:
+    """Ready a quantized model for adapter training.
+
+    peft's `prepare_model_for_kbit_training` freezes every weight and casts the
+    unquantized ones (embeddings, norms, head) held in 16 bit to float32, for
+    stable training; gradient checkpointing is left to `training.gradient_checkpointing`.
+    """
+    _keep_4bit_training_layout(model)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _keep_4bit_training_layout(model: torch.nn.Module) -> None:
+    """Workaround, bitsandbytes 0.50.2 on CPUs with AVX512-BF16.
+
+    There `Linear4bit.forward`, the first time it runs in eval mode without
+    gradients, repacks its weight in place into an inference-only layout
+    (`packing_format_for_cpu`) and never converts it back. Training after an
+    evaluation then goes through the inference kernel (no gradient reaches the
+    layer input; `result += bias` fails on layers with a bias), merging
+    dequantizes the wrong layout, and layers narrower than 64 inputs fail.
+    Clearing the layer's `support_avx512bf16_for_cpu` flag keeps the standard
+    layout in every mode.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

@@ -1,16 +1,22 @@
-"""Load a trained adapter folder (or a run folder holding one) and classify texts."""
+"""Load a trained adapter folder (or a run folder holding one, a merged export, or a Hub id) and classify texts.
+
+A Classifier can hold several adapters trained on one base (`load_adapter`), each with its own head and
+labels, and switch between them per call (`predict(..., adapter=NAME)`).
+"""
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-import peftkit.adapters  # noqa: F401  (registers peftkit's own peft methods, e.g. bottleneck)
+from peftkit.adapters import prepare_base  # also registers peftkit's own peft methods (bottleneck)
 from peftkit.export import METADATA_FILE
 from peftkit.model import resolve_model_path
 
@@ -56,6 +62,46 @@ class Classifier:
         self.metadata = metadata
         self.labels: list[str] = metadata["labels"]
         self.device = device
+        self.adapters: dict[str, dict] = (
+            {model.active_adapter: metadata} if isinstance(model, PeftModel) else {}
+        )
+        """Adapter name -> its peftkit.json metadata (labels, base model); empty for a merged model."""
+
+    def load_adapter(self, path: str | Path, adapter_name: str) -> None:
+        """Load another adapter trained on the same base (with its own head and labels) as `adapter_name`."""
+        if not self.adapters:
+            raise AdapterFolderError("a merged model holds no adapters: load an adapter folder to add others")
+        folder = find_adapter_dir(local_folder(path))
+        metadata = json.loads((folder / METADATA_FILE).read_text())
+        first = next(iter(self.adapters.values()))
+        check_base_model(metadata, first["base_model"])
+        if len(metadata["labels"]) != len(self.labels) or metadata["model_type"] != first["model_type"]:
+            raise AdapterFolderError(
+                f"{folder.name}: {len(metadata['labels'])} labels on a {metadata['model_type']} base; the loaded "
+                f"base has a {len(self.labels)}-label head on {first['model_type']}: load it on its own"
+            )
+        self.model.load_adapter(folder, adapter_name=adapter_name)
+        self.adapters[adapter_name] = metadata
+
+    @contextmanager
+    def using(self, adapter: str | None):
+        """Within the block, predict with `adapter` (its head and labels); None keeps the active one."""
+        if adapter is None:
+            yield self
+            return
+        if adapter not in self.adapters:
+            raise ValueError(f"no adapter {adapter!r}; loaded: {', '.join(self.adapters)}")
+        previous = self.model.active_adapter
+        self._activate(adapter)
+        try:
+            yield self
+        finally:
+            self._activate(previous)
+
+    def _activate(self, name: str) -> None:
+        self.model.set_adapter(name)
+        self.metadata = self.adapters[name]
+        self.labels = self.metadata["labels"]
 
     @torch.no_grad()
     def logits(
@@ -79,38 +125,146 @@ class Classifier:
             out[idx] = self.model(**batch).logits.float().cpu()
         return out
 
-    def predict(self, texts: list[str] | str, text_pairs: list[str] | None = None, batch_size: int = 64):
-        """Labels and probabilities for each text (a single string gives a single Prediction)."""
+    def predict(
+        self,
+        texts: list[str] | str,
+        text_pairs: list[str] | None = None,
+        batch_size: int = 64,
+        adapter: str | None = None,
+    ):
+        """Labels and probabilities for each text (a single string gives a single Prediction).
+
+        `adapter` picks one of the adapters loaded with `load_adapter` for this call.
+        """
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
-        probs = self.logits(texts, text_pairs, batch_size).softmax(-1)
+        with self.using(adapter):
+            probs = self.logits(texts, text_pairs, batch_size).softmax(-1)
+            labels = self.labels
         predictions = [
             Prediction(
-                label=self.labels[int(p.argmax())],
+                label=labels[int(p.argmax())],
                 score=float(p.max()),
-                probabilities={label: float(v) for label, v in zip(self.labels, p, strict=True)},
+                probabilities={label: float(v) for label, v in zip(labels, p, strict=True)},
             )
             for p in probs
         ]
         return predictions[0] if single else predictions
 
 
-def load_classifier(path: str | Path, device: str | None = None) -> Classifier:
-    """Load the base model named in the adapter's metadata, attach the adapter and head, and return a Classifier."""
-    folder = find_adapter_dir(path)
+def load_classifier(path: str | Path, device: str | None = None, base_model: str | None = None) -> Classifier:
+    """Load the base model named in the adapter's metadata, attach the adapter and head, and return a Classifier.
+
+    `path`: a run, adapter or merged-export folder, or a Hub id (fetched first). `base_model` loads the
+    adapter on that base instead (a local copy, say), refused unless its name and shapes fit the adapter.
+    """
+    folder = local_folder(path)
+    if (folder / "model" / METADATA_FILE).is_file():  # the run folder of full fine-tuning
+        folder = folder / "model"
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if _is_merged(folder):
+        return _load_merged(folder, device)
+    folder = find_adapter_dir(folder)
     metadata = json.loads((folder / METADATA_FILE).read_text())
     labels = metadata["labels"]
+    if base_model is not None:
+        check_base_model(metadata, base_model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    base = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path(metadata["base_model"]),
-        revision=metadata.get("base_model_revision"),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        pad_token_id=metadata["pad_token_id"],
-    )
+    try:
+        base = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(base_model or metadata["base_model"]),
+            revision=None if base_model else metadata.get("base_model_revision"),
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            pad_token_id=metadata["pad_token_id"],
+        )
+    except OSError as err:
+        raise AdapterFolderError(
+            f"cannot load the base model {base_model or metadata['base_model']!r} ({err}); "
+            "pass --base-model with a local copy or its Hub id"
+        ) from None
+    if base_model is not None:
+        check_adapter_fits(folder, metadata, base, base_model)
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:
         base.resize_token_embeddings(len(tokenizer))
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    prepare_base(base, metadata.get("method", ""))
     model = PeftModel.from_pretrained(base, folder).to(device).eval()
     return Classifier(model, tokenizer, metadata, device)
+
+
+def local_folder(path: str | Path) -> Path:
+    """A local folder as it is; a Hub repo id that is not a local path is downloaded first (`hub.download`)."""
+    from peftkit import hub
+
+    if Path(path).exists() or not hub.looks_like_repo_id(str(path)):
+        return Path(path)
+    return hub.download(str(path))
+
+
+def _is_merged(folder: Path) -> bool:
+    """A merged export or a fully fine-tuned model: a plain transformers model folder."""
+    meta = folder / METADATA_FILE
+    return meta.is_file() and json.loads(meta.read_text()).get("format") in ("merged", "full")
+
+
+def _load_merged(folder: Path, device: torch.device) -> Classifier:
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    if not getattr(model, "is_quantized", False):  # bitsandbytes places quantized weights itself
+        model = model.to(device)
+    return Classifier(model.eval(), AutoTokenizer.from_pretrained(folder), metadata, device)
+
+
+def check_base_model(metadata: dict, base_model: str) -> None:
+    """Refuse a base model whose name differs from the one the adapter was trained on.
+
+    Names are compared by their last part, so a local copy (`/models/all-MiniLM-L6-v2`),
+    the Hub id (`sentence-transformers/all-MiniLM-L6-v2`) and `bundled:all-MiniLM-L6-v2` agree.
+    """
+    trained = metadata["base_model"]
+    if _base_key(trained) != _base_key(base_model):
+        raise AdapterFolderError(
+            f"the adapter was trained on base model {trained!r}, not {base_model!r}: "
+            f"load it on {trained!r} (or a copy of it in a folder of that name)"
+        )
+
+
+def _base_key(name: str) -> str:
+    return name.removeprefix("bundled:").rstrip("/").split("/")[-1].lower()
+
+
+def check_adapter_fits(folder: Path, metadata: dict, base: torch.nn.Module, base_name: str) -> None:
+    """Refuse a base model whose type or layer shapes differ from those the adapter's weights were made for."""
+    if base.config.model_type != metadata["model_type"]:
+        raise AdapterFolderError(
+            f"the adapter was trained on a {metadata['model_type']} model; {base_name!r} is {base.config.model_type}"
+        )
+    modules, params = dict(base.named_modules()), {n: tuple(p.shape) for n, p in base.named_parameters()}
+    problems = []
+    with safe_open(folder / "adapter_model.safetensors", "pt") as weights:
+        for key in weights.keys():
+            shape = tuple(weights.get_slice(key).get_shape())
+            problem = _misfit(key.removeprefix("base_model.model."), shape, modules, params)
+            if problem:
+                problems.append(problem)
+    if problems:
+        raise AdapterFolderError(
+            f"the adapter in {folder.name} does not fit base model {base_name!r}: {len(problems)} weights differ, "
+            f"e.g. {'; '.join(problems[:3])}"
+        )
+
+
+def _misfit(key: str, shape: tuple, modules: dict, params: dict) -> str | None:
+    """Why the adapter weight `key` of `shape` does not fit the base, or None (LoRA factors and heads are checked)."""
+    if key in params:
+        return None if params[key] == shape else f"{key}: adapter {shape}, base {params[key]}"
+    for marker, dim, attr in ((".lora_A.", -1, "in_features"), (".lora_B.", 0, "out_features")):
+        if marker in key:
+            name = key.split(marker)[0]
+            if name not in modules:
+                return f"{name}: no such layer in the base"
+            expected = getattr(modules[name], attr, None)
+            if expected is not None and shape[dim] != expected:
+                return f"{name}: adapter made for {attr}={shape[dim]}, base has {expected}"
+    return None

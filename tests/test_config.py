@@ -72,3 +72,11 @@ def load_recipe_from_values(values, overrides):
     from peftkit.config import apply_overrides
 
     return config_from_dict(apply_overrides(values, overrides))
+
+
+def test_unquoted_no_is_the_choice_no_not_false(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  train_file: x.csv\ntraining:\n  mixed_precision: no\n")
+    assert load_recipe(recipe, ["training.mixed_precision=bf16"]).training.mixed_precision == "bf16"
+    assert load_recipe(recipe).training.mixed_precision == "no"
+    assert load_recipe(recipe, ["training.mixed_precision=no"]).training.mixed_precision == "no"
