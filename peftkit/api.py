@@ -135,7 +135,7 @@ def finetune(
         )
     eval_dl = loader("validation", t.eval_batch_size, shuffle=False)
     model, optimizer, scheduler, train_dl, eval_dl = prepare_for_training(
-        accelerator, model, train_dl, eval_dl, t
+        accelerator, model, train_dl, eval_dl, t, config.adapter.loraplus_lr_ratio
     )
     num_labels = len(raw.labels)
     ewc_batches = fisher_batches(source, tokenizer, config, accelerator.device) if t.ewc_lambda > 0 else None

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from peftkit.adapters.lora import parameter_groups
 from peftkit.checkpoint import Checkpoints, Position
 from peftkit.config import ConfigError, TrainingConfig
 from peftkit.strategies.lr import layerwise_param_groups
@@ -108,28 +109,24 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         base.enable_input_require_grads()
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, config: TrainingConfig, loraplus_lr_ratio: float | None = None
+) -> torch.optim.Optimizer:
     """AdamW on the trainable parameters; no weight decay on biases and norms (1-d tensors).
 
-    With `layerwise_lr_decay`, one rate per layer group (`strategies.lr`).
+    With `layerwise_lr_decay`, one rate per layer group (`strategies.lr`); with
+    `loraplus_lr_ratio` (LoRA+), the LoRA B matrices learn that many times faster.
     """
     if config.layerwise_lr_decay is not None:
         groups = layerwise_param_groups(
             model, config.learning_rate, config.layerwise_lr_decay, config.weight_decay
         )
-        fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
-        return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    if not decay and not no_decay:
+    else:
+        groups = parameter_groups(model, config.learning_rate, config.weight_decay, loraplus_lr_ratio)
+    params = [p for group in groups for p in group["params"]]
+    if not params:
         raise RuntimeError("the model has no trainable parameters: the adapter was not attached")
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    fused = torch.cuda.is_available() and all(p.is_cuda for p in decay + no_decay)
+    fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
     return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
 
 
@@ -157,7 +154,12 @@ def total_steps(config: TrainingConfig, batches_per_epoch: int) -> int:
 
 
 def prepare_for_training(
-    accelerator: Accelerator, model, train_dataloader: DataLoader, eval_dataloader: DataLoader, config
+    accelerator: Accelerator,
+    model,
+    train_dataloader: DataLoader,
+    eval_dataloader: DataLoader,
+    config,
+    loraplus_lr_ratio: float | None = None,
 ) -> tuple:
     """Prepare (model, optimizer, scheduler, train and eval dataloaders) for `accelerator`.
 
@@ -169,11 +171,11 @@ def prepare_for_training(
         steps = total_steps(
             config, math.ceil(len(train_dataloader) / n)
         )  # the per-process length once sharded
-        optimizer = build_optimizer(model, config)
+        optimizer = build_optimizer(model, config, loraplus_lr_ratio)
         scheduler = build_scheduler(optimizer, config, steps, n)
         return accelerator.prepare(model, optimizer, scheduler, train_dataloader, eval_dataloader)
     model, train_dataloader, eval_dataloader = accelerator.prepare(model, train_dataloader, eval_dataloader)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config, loraplus_lr_ratio)
     scheduler = build_scheduler(optimizer, config, total_steps(config, len(train_dataloader)), n)
     optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
     return model, optimizer, scheduler, train_dataloader, eval_dataloader

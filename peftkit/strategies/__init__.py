@@ -89,6 +89,11 @@ def check_strategies(config: RunConfig) -> None:
         raise ConfigError(
             f"training.layerwise_lr_decay: {t.layerwise_lr_decay} must be in (0, 1] (typical: 0.8-0.95), or null"
         )
+    if t.layerwise_lr_decay is not None and a.loraplus_lr_ratio is not None:
+        raise ConfigError(
+            "training.layerwise_lr_decay and adapter.loraplus_lr_ratio both set the learning rate per "
+            "parameter group; use one of them"
+        )
     if t.unfreeze_every_steps < 0:
         raise ConfigError(
             "training.unfreeze_every_steps must be >= 0 (0 unfreezes one layer group per epoch)"

@@ -111,3 +111,33 @@ def _assert_partition(model, groups) -> None:
     grouped = [id(p) for g in groups for p in g["params"]]
     trainable = [id(p) for p in model.parameters() if p.requires_grad]
     assert sorted(grouped) == sorted(trainable), "every trainable parameter in exactly one group"
+
+
+def test_loraplus_optimizer_gives_b_matrices_the_higher_rate(tiny_models):
+    from transformers import AutoModelForSequenceClassification
+
+    from peftkit.adapters import apply_adapter
+    from peftkit.config import AdapterConfig, TrainingConfig
+    from peftkit.families import family_for
+    from peftkit.train import build_optimizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=2)
+    model = apply_adapter(model, AdapterConfig(loraplus_lr_ratio=16.0), family_for("bert"))
+    optimizer = build_optimizer(model, TrainingConfig(learning_rate=1e-3), loraplus_lr_ratio=16.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            expected = 16e-3 if "lora_B" in names[id(param)] else 1e-3
+            assert group["lr"] == pytest.approx(expected), names[id(param)]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(
+        p.requires_grad for p in model.parameters()
+    )
+
+
+def test_loraplus_and_layerwise_decay_are_refused_together():
+    from peftkit.config import ConfigError, config_from_dict, validate
+
+    values = {"data": {"train_file": "x.csv"}, "adapter": {"loraplus_lr_ratio": 8.0},
+              "training": {"layerwise_lr_decay": 0.9}}  # fmt: skip
+    with pytest.raises(ConfigError, match="use one of them"):
+        validate(config_from_dict(values))
