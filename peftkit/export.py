@@ -96,9 +96,28 @@ def save_adapter(
     """
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        check_adapter_weights(tmp / "adapter_model.safetensors")
         tokenizer.save_pretrained(tmp)
         write_json(tmp / METADATA_FILE, metadata)
     return Path(folder)
+
+
+def check_adapter_weights(path: Path) -> None:
+    """Refuse an adapter file with no tensors or with empty ones.
+
+    Sharded models (ZeRO-3, FSDP) that were not gathered before saving write
+    `torch.Size([0])` placeholders: such a file would load and silently do nothing.
+    """
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        shapes = {key: f.get_slice(key).get_shape() for key in f.keys()}
+    empty = sorted(key for key, shape in shapes.items() if 0 in shape)
+    if not shapes or empty:
+        raise ExportError(
+            f"refusing to save an adapter with no data: {len(empty)} of {len(shapes)} tensors are empty "
+            f"(e.g. {empty[:3]}); under ZeRO-3/FSDP the weights must be gathered before saving"
+        )
 
 
 # ---------------------------------------------------------------- export for sharing

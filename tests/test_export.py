@@ -297,3 +297,21 @@ def test_load_from_a_hub_id(run, tiny_models, tmp_path, monkeypatch):
     assert calls == ["someone/tiny-llama-merged"]
     expected = load_classifier(run("llama-lora"), device="cpu").predict(TEXTS)
     assert [p.label for p in clf.predict(TEXTS)] == [p.label for p in expected]
+
+
+def test_adapter_with_empty_tensors_is_refused_and_nothing_is_written(tiny_models, tmp_path):
+    """A ZeRO-3/FSDP model saved without gathering writes torch.Size([0]) tensors: an error, not a file."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from peftkit.adapters import apply_adapter
+    from peftkit.config import AdapterConfig
+    from peftkit.export import ExportError, save_adapter
+    from peftkit.families import family_for
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=2)
+    model = apply_adapter(model, AdapterConfig(), family_for("bert"))
+    sharded = {name: torch.empty(0) for name, _ in model.named_parameters()}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["bert"])
+    with pytest.raises(ExportError, match="refusing to save an adapter with no data"):
+        save_adapter(model, tokenizer, {}, tmp_path / "adapter", state_dict=sharded)
+    assert list(tmp_path.iterdir()) == []
