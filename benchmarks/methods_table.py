@@ -62,6 +62,7 @@ def run_method(args, out_dir: str) -> dict:
         "method": args.child,
         "adapter": {k: v for k, v in asdict(config.adapter).items() if v != getattr(AdapterConfig(), k)},
         "learning_rate": config.training.learning_rate,
+        "num_epochs": config.training.num_epochs,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100 * trainable / total,
@@ -190,20 +191,20 @@ def markdown(record: dict) -> str:
     ]
     lines = [
         f"# Adapter methods on {settings.get('model') or 'MiniLM'} / SST-2 "
-        f"({settings['train_size']} training sentences, 1 epoch)",
+        f"({settings['train_size']} training sentences; learning rate and epochs from each recipe)",
         "",
         f"{env['date']}, commit {env['commit']}; {env['machine']}" + (f", {env['cuda']}" if gpu else ""),
         f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
         f"bitsandbytes {env['bitsandbytes']}, Python {env['python']}",
         "",
-        "| method | lr | trainable params | % | weights MB | train samples/s | peak RSS MB | peak anon. RSS MB |"
+        "| method | lr | epochs | trainable params | % | weights MB | train samples/s | peak RSS MB | peak anon. RSS MB |"
         + (" peak GPU MB |" if gpu else "")
         + " dev accuracy |",
-        "|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|",
     ]
     for r in record["runs"]:
         lines.append(
-            f"| {r['method']} | {r['learning_rate']:g} | {r['trainable_params']:,} | {r['trainable_percent']:.2f} "
+            f"| {r['method']} | {r['learning_rate']:g} | {r.get('num_epochs', 1):g} | {r['trainable_params']:,} | {r['trainable_percent']:.2f} "
             f"| {r['weights_mb']:.0f} | {r['train_samples_per_second']:.1f} | {r['peak_rss_mb']:.0f} "
             f"| {_mb(r.get('peak_anon_rss_mb'))} |"
             + (f" {r['peak_gpu_mb']:.0f} |" if gpu else "")

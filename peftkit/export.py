@@ -96,7 +96,8 @@ def save_adapter(
     """
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-        check_adapter_weights(tmp / "adapter_model.safetensors")
+        for weights in tmp.glob("*.safetensors"):
+            check_adapter_weights(weights)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / METADATA_FILE, metadata)
     return Path(folder)
