@@ -15,12 +15,7 @@ HEADS = {"bert": "classifier", "t5": "classification_head", "llama": "score"}
 LAYERS = {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load(tiny_models, family: str, adapter: AdapterConfig | None = None, **model_fields):
