@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+from common import fixed_batches
 
 
 def build(args):
@@ -28,16 +29,7 @@ def build(args):
     tokenizer = load_tokenizer(model_config)
     loaded = load_model(model_config, ["negative", "positive"], tokenizer)
     model = apply_adapter(loaded.model, AdapterConfig(lora_dropout=0.0), loaded.family)
-    generator = torch.Generator().manual_seed(0)
-    vocab = model.get_input_embeddings().num_embeddings
-    batches = [
-        {
-            "input_ids": torch.randint(5, vocab, (args.batch_size, args.seq_len), generator=generator),
-            "attention_mask": torch.ones(args.batch_size, args.seq_len, dtype=torch.long),
-            "labels": torch.randint(0, 2, (args.batch_size,), generator=generator),
-        }
-        for _ in range(args.steps)
-    ]
+    batches = fixed_batches(model, args.batch_size, args.seq_len, args.steps)
     return model, batches
 
 

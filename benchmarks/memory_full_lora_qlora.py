@@ -26,6 +26,7 @@ METHODS = ("full", "lora", "qlora")
 def child(args) -> dict:
     import torch
     from accelerate import Accelerator
+    from common import fixed_batches
 
     from peftkit.adapters import apply_adapter, count_parameters
     from peftkit.config import AdapterConfig, ModelConfig, TrainingConfig
@@ -42,16 +43,7 @@ def child(args) -> dict:
     else:
         model = apply_adapter(loaded.model, adapter, loaded.family)
     trainable, total = count_parameters(model)
-    generator = torch.Generator().manual_seed(0)
-    vocab = model.get_input_embeddings().num_embeddings
-    batches = [
-        {
-            "input_ids": torch.randint(5, vocab, (args.batch_size, args.seq_len), generator=generator),
-            "attention_mask": torch.ones(args.batch_size, args.seq_len, dtype=torch.long),
-            "labels": torch.randint(0, 2, (args.batch_size,), generator=generator),
-        }
-        for _ in range(args.steps)
-    ]
+    batches = fixed_batches(model, args.batch_size, args.seq_len, args.steps)
     accelerator = Accelerator()
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     model, loader = accelerator.prepare(model, loader)
