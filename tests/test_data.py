@@ -99,3 +99,22 @@ def test_length_grouped_sampler_reshuffles_per_epoch():
     assert list(sampler) == first
     sampler.set_epoch(1)
     assert list(sampler) != first
+
+
+def test_text_pairs_are_encoded_as_pairs(tmp_path):
+    from peftkit.config import ModelConfig
+    from peftkit.data import tokenize
+    from peftkit.model import load_tokenizer
+
+    pairs = [{"premise": "good film", "hypothesis": "bad film", "label": "no"},
+             {"premise": "great", "hypothesis": "great", "label": "yes"}]  # fmt: skip
+    write_csv(tmp_path / "t.csv", pairs)
+    write_csv(tmp_path / "v.csv", pairs)
+    config = DataConfig(train_file=str(tmp_path / "t.csv"), validation_file=str(tmp_path / "v.csv"),
+                        text_column="premise", text_pair_column="hypothesis")  # fmt: skip
+    raw = load_raw_splits(config, seed=0)
+    tokenizer = load_tokenizer(ModelConfig())  # the bundled MiniLM's real BERT tokenizer
+    rows = tokenize(raw.train, tokenizer, raw.labels, config)
+    sep = tokenizer.sep_token_id
+    assert rows[0]["input_ids"].count(sep) == 2  # [CLS] a [SEP] b [SEP]
+    assert 1 in rows[0]["token_type_ids"] and rows[0]["labels"] in (0, 1)
