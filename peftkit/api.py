@@ -163,45 +163,56 @@ def finetune(
         if last and last["step"] == result.steps
         else evaluate(model, eval_dl, accelerator, num_labels)
     )
-    metrics = {
-        "validation": validation,
-        "train": {
-            "steps": result.steps,
-            "epochs": result.epochs,
-            "samples": result.train_samples,
-            "seconds": result.train_seconds,
-            "samples_per_second": result.samples_per_second,
-            "losses": result.losses,
-        },
-    }
+    metrics = {"validation": validation, "train": _train_metrics(result)}
     if "test" in rows:
         test_dl = accelerator.prepare(loader("test", t.eval_batch_size, shuffle=False))
         metrics["test"] = evaluate(model, test_dl, accelerator, num_labels)
     trainable, total = count_parameters(model)
     metrics["parameters"] = {"trainable": trainable, "total": total}
-
-    adapter_dir = None
-    accelerator.wait_for_everyone()
-    state_dict = full_state_dict(accelerator, model) if config.export.save_adapter else None
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if config.export.save_adapter:
-            base = loaded.model if method == "features" else unwrapped
-            metadata = adapter_metadata(config, raw.labels, base)
-            if method == "features":
-                adapter_dir = save_feature_head(unwrapped, tokenizer, metadata, output_dir / "head")
-            elif method == "full":  # a plain transformers model folder
-                metadata |= {"format": "full"}
-                adapter_dir = save_adapter(unwrapped, tokenizer, metadata, output_dir / "model", state_dict)
-            else:
-                adapter_dir = save_adapter(unwrapped, tokenizer, metadata, output_dir / "adapter", state_dict)
-        write_json(output_dir / "run.json", _run_record(config, raw.labels, metrics))
-    accelerator.wait_for_everyone()
+    adapter_dir = _save_outputs(accelerator, model, loaded.model, tokenizer, config, raw.labels, metrics)
     logger.info("validation: %s", {k: round(v, 4) for k, v in validation.items()})
     return FinetuneResult(
         output_dir=output_dir, adapter_dir=adapter_dir, labels=raw.labels, metrics=metrics,
         model=accelerator.unwrap_model(model).eval(), tokenizer=tokenizer,
     )  # fmt: skip
+
+
+def _train_metrics(result) -> dict:
+    return {
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "samples": result.train_samples,
+        "seconds": result.train_seconds,
+        "samples_per_second": result.samples_per_second,
+        "losses": result.losses,
+    }
+
+
+def _save_outputs(
+    accelerator, model, base_model, tokenizer, config: RunConfig, labels, metrics
+) -> Path | None:
+    """Write the trained weights (by method) and run.json from the main process; returns the weights folder.
+
+    A collective: every process calls it (sharded weights are gathered first).
+    """
+    output_dir, method = Path(config.training.output_dir), config.adapter.method
+    saved = None
+    accelerator.wait_for_everyone()
+    state_dict = full_state_dict(accelerator, model) if config.export.save_adapter else None
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if config.export.save_adapter:
+            metadata = adapter_metadata(config, labels, base_model if method == "features" else unwrapped)
+            if method == "features":
+                saved = save_feature_head(unwrapped, tokenizer, metadata, output_dir / "head")
+            elif method == "full":  # a plain transformers model folder
+                metadata |= {"format": "full"}
+                saved = save_adapter(unwrapped, tokenizer, metadata, output_dir / "model", state_dict)
+            else:
+                saved = save_adapter(unwrapped, tokenizer, metadata, output_dir / "adapter", state_dict)
+        write_json(output_dir / "run.json", _run_record(config, labels, metrics))
+    accelerator.wait_for_everyone()
+    return saved
 
 
 def _splits(raw) -> dict:
