@@ -31,7 +31,7 @@ from transformers import (
 
 from peftkit.adapters import check_method_supported, quantization_for
 from peftkit.config import AdapterConfig, ConfigError, ModelConfig
-from peftkit.families import FAMILIES, Family, family_for
+from peftkit.families import FAMILIES, Family, family_for, guess_head_modules
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +47,6 @@ BUNDLED_MODELS = {
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-# Head module names kept out of quantization for architectures without a family entry.
-_GUESSED_HEADS = ("classifier", "score", "classification_head", "pre_classifier")
 
 
 @dataclass
@@ -137,7 +134,7 @@ def load_model(
         trust_remote_code=config.trust_remote_code,
         dtype=DTYPES[config.dtype],
         ignore_mismatched_sizes=True,  # a base that already has a head for other labels gets a fresh one
-        **quantized_loading(config, quantization, list(known.head_modules if known else _GUESSED_HEADS)),
+        **quantized_loading(config, quantization, _head_names(hf_config, known, quantization, config)),
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
@@ -146,6 +143,19 @@ def load_model(
         model = prepare_quantized_model(model)
     family = family_for(hf_config.model_type, model)
     return LoadedModel(model=model, tokenizer=tokenizer, family=family)
+
+
+def _head_names(hf_config, known: Family | None, quantization: str, config: ModelConfig) -> list[str]:
+    """The head modules to keep out of quantization: the family's, or guessed from a weightless skeleton."""
+    if known is not None:
+        return list(known.head_modules)
+    if quantization == "none":
+        return []
+    with torch.device("meta"):  # the structure only: no memory, no initialisation work
+        skeleton = AutoModelForSequenceClassification.from_config(
+            hf_config, trust_remote_code=config.trust_remote_code
+        )
+    return list(guess_head_modules(skeleton))
 
 
 def quantized_loading(config: ModelConfig, quantization: str, skip_modules: list[str]) -> dict:

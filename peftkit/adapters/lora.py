@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, TaskType
 
-from peftkit.adapters.targets import head_modules, resolve_target_modules
+from peftkit.adapters.targets import head_modules, resolve_target_modules, targets_conv1d
 from peftkit.config import AdapterConfig, ConfigError
 from peftkit.families import Family
 
@@ -29,6 +29,7 @@ def build_lora_config(config: AdapterConfig, model: torch.nn.Module, family: Fam
         lora_dropout=config.lora_dropout,
         target_modules=targets,
         modules_to_save=heads,
+        fan_in_fan_out=targets_conv1d(model, targets),  # said up front, peft would switch it with a warning
         use_dora=config.use_dora,
         use_rslora=config.use_rslora,
         init_lora_weights=config.init_lora_weights,

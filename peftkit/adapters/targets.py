@@ -23,6 +23,15 @@ def linear_names(model: torch.nn.Module, exclude: list[str]) -> dict[str, list[s
     return found
 
 
+def targets_conv1d(model: torch.nn.Module, targets: list[str] | str) -> bool:
+    """Whether the targeted layers are GPT-2-style `Conv1D`s (weight stored in x out: peft's `fan_in_fan_out`)."""
+    for full, module in model.named_modules():
+        if isinstance(targets, str) or full.rsplit(".", 1)[-1] in targets:
+            if type(module).__name__ == "Conv1D":
+                return True
+    return False
+
+
 def head_modules(model: torch.nn.Module, family: Family, extra: list[str] | None) -> list[str]:
     """Head modules present in `model`, plus any the recipe asks for (which must exist)."""
     names = {full.rsplit(".", 1)[-1] for full, _ in model.named_modules()}

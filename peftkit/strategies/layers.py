@@ -24,8 +24,13 @@ logger = logging.getLogger(__name__)
 # `<stack>.<blocks>.<N>.`: BERT/RoBERTa/DeBERTa `encoder.layer.N`, DistilBERT `transformer.layer.N`,
 # T5 `encoder.block.N` / `decoder.block.N`, BART `encoder.layers.N`, LLaMA-class `model.layers.N`, GPT-2 `h.N`.
 _BLOCK = re.compile(r"(?:^|\.)(?:(?P<stack>encoder|decoder)\.)?(?:layer|layers|block|h)\.(?P<index>\d+)\.")
+# Parameters outside the blocks that belong with the embeddings: the tables, what acts on them before the
+# first block (ELECTRA's `embeddings_project`, BART's `layernorm_embedding`) and relative-position tables
+# shared by all blocks (DeBERTa's `encoder.rel_embeddings` with its `encoder.LayerNorm`, MPNet's
+# `encoder.relative_attention_bias`).
 _EMBEDDING = re.compile(
-    r"(?:^|\.)(?:embeddings|embed_tokens|embed_positions|shared|wte|wpe|prompt_encoder)\b"
+    r"(?:^|\.)(?:embeddings|embed_tokens|embed_positions|shared|wte|wpe|prompt_encoder|embeddings_project"
+    r"|layernorm_embedding|rel_embeddings|relative_attention_bias|encoder\.LayerNorm)\b"
 )
 _STACK_ORDER = {"decoder": 0, None: 1, "encoder": 2}  # top-down: decoder blocks sit above encoder blocks
 
@@ -58,7 +63,8 @@ def block_key(name: str) -> tuple[str | None, int] | None:
 def layer_groups(model: torch.nn.Module, trainable_only: bool = False) -> list[LayerGroup]:
     """The model's parameters in layer groups, top (head, depth 0) to bottom (embeddings).
 
-    Parameters outside any block go to `embeddings` (embedding tables, prompt encoders) or to
+    Parameters outside any block go to `embeddings` (embedding tables, what acts on them before the
+    first block, shared relative-position tables, prompt encoders) or to
     the head (classifier, pooler, final norms), except an encoder's final norm in an
     encoder-decoder model, which joins the last encoder block. `trainable_only` keeps only
     parameters that require grad (and drops groups left empty).
@@ -78,18 +84,29 @@ def layer_groups(model: torch.nn.Module, trainable_only: bool = False) -> list[L
     for depth, key in enumerate(blocks, 1):
         by_key[key] = LayerGroup(f"{key[0] or 'layers'}.{key[1]}", depth)
     by_key["embeddings"] = LayerGroup("embeddings", len(blocks) + 1)
+    tables = _embedding_tables(model)
     for name, param in named:
-        key = keys[name] or _outside_block(strip_wrappers(name), last_encoder, has_decoder)
+        key = keys[name] or _outside_block(strip_wrappers(name), name in tables, last_encoder, has_decoder)
         by_key[key].params.append((name, param))
     groups = sorted(by_key.values(), key=lambda g: g.depth)
     return [g for g in groups if g.params] if trainable_only else groups
 
 
-def _outside_block(name: str, last_encoder, has_decoder: bool) -> object:
-    if _EMBEDDING.search(name):
+def _embedding_tables(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters of `nn.Embedding` modules (XLNet's `word_embedding` is named like no other)."""
+    return {
+        f"{module_name}.{name}".lstrip(".")
+        for module_name, module in model.named_modules()
+        if isinstance(module, torch.nn.Embedding)
+        for name, _ in module.named_parameters(recurse=False)
+    }
+
+
+def _outside_block(name: str, is_table: bool, last_encoder, has_decoder: bool) -> object:
+    if is_table or _EMBEDDING.search(name):
         return "embeddings"
     if has_decoder and last_encoder is not None and re.search(r"(?:^|\.)encoder\.", name):
-        return last_encoder  # T5's encoder.final_layer_norm, BART's encoder.layernorm_embedding et al.
+        return last_encoder  # T5's encoder.final_layer_norm, mBART's encoder.layer_norm
     return "head"
 
 
