@@ -7,7 +7,7 @@ SST2 ?= ../shared/data/sst2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup quickstart test test-all lint format bench clean
+.PHONY: setup quickstart test test-all lint format bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ test: setup
 ## test-all: also the slow tests (real MiniLM; SST-2 from $(SST2))
 test-all: setup
 	PEFTKIT_SST2=$(SST2) $(PY) -m pytest -q -m "not gpu"
+
+## docs: regenerate docs/families.md (the model-family table) from peftkit/families.py
+docs: setup
+	$(PY) docs/make_family_table.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
