@@ -19,9 +19,9 @@ from peft import get_peft_model_state_dict
 from peft.utils import ModulesToSaveWrapper
 from transformers import AutoModelForSequenceClassification
 
-from peftkit.adapters import apply_adapter
+from peftkit.adapters import UNSUPPORTED, apply_adapter
 from peftkit.adapters.targets import resolve_target_modules
-from peftkit.config import AdapterConfig, ModelConfig
+from peftkit.config import AdapterConfig, ConfigError, ModelConfig
 from peftkit.families import FAMILIES, family_for, family_table_markdown, guess_head_modules
 from peftkit.model import load_model
 from peftkit.strategies.layers import layer_groups
@@ -271,6 +271,49 @@ def test_layerwise_strategies_on_the_adapter(model_type):
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         n for g in groups for n, _ in g.params
     }
+
+
+# The other adapter methods on every family: each trains, or is refused by `adapters.UNSUPPORTED` before the
+# weights load, or (the gaps below) stops with a message that says to name the targets.
+OTHER_METHODS = {
+    "ia3": {"method": "ia3"},
+    "bottleneck": {"method": "bottleneck", "reduction_factor": 4},
+    "prefix": {"method": "prefix", "num_virtual_tokens": 4},
+    "prompt": {"method": "prompt", "num_virtual_tokens": 4},
+}
+NO_DEFAULT_TARGETS = {
+    ("ia3", "distilbert"): "ia3 has no default targets",  # peft has no IA3 defaults for these
+    ("ia3", "phi3"): "ia3 has no default targets",
+    ("bottleneck", "bart"): "no default target_modules",  # no feed-forward sub-block module to wrap
+    ("bottleneck", "gpt2"): "no default target_modules",  # Conv1D layers
+}
+
+
+def _refused(method: str, model_type: str) -> bool:
+    family = FAMILIES[model_type]
+    return (method, family.kind) in UNSUPPORTED or (method, model_type) in UNSUPPORTED
+
+
+@pytest.mark.parametrize("method", sorted(OTHER_METHODS))
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_other_methods_train_or_are_refused(model_type, method):
+    model, family, config = build(model_type), FAMILIES[model_type], AdapterConfig(**OTHER_METHODS[method])
+    if _refused(method, model_type):
+        with pytest.raises(ConfigError, match="does not work with"):
+            apply_adapter(model, config, family)
+        return
+    if (method, model_type) in NO_DEFAULT_TARGETS:
+        with pytest.raises((ConfigError, ValueError), match=NO_DEFAULT_TARGETS[method, model_type]):
+            apply_adapter(model, config, family)
+        return
+    base = {id(p) for p in model.parameters()}
+    model = apply_adapter(model, config, family)
+    params = dict(model.named_parameters())
+    loss, changed = train_step(model)
+    assert torch.isfinite(loss)
+    assert not [n for n in changed if id(params[n]) in base]  # no base weight moved
+    assert any(".modules_to_save." in n for n in changed)  # the head trains
+    assert any(".modules_to_save." not in n for n in changed)  # and so does the adapter
 
 
 # ---------------------------------------------------------------- an architecture with no entry

@@ -39,7 +39,7 @@ METHODS: dict[str, Builder] = {
 
 LORA_METHODS = ("lora", "qlora")
 
-# (method, family kind) -> why it cannot work; checked with peft 0.21.2 and transformers 5.24.
+# (method, family kind or model_type) -> why it cannot work; checked with peft 0.21.2 and transformers 5.24.
 UNSUPPORTED: dict[tuple[str, str], str] = {
     ("prefix", "encoder-decoder"): (
         "peft's prefix tuning for sequence classification lengthens the attention mask by the virtual tokens "
@@ -53,6 +53,13 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
         "prompt tuning feeds input embeddings, and decoder classifiers (LLaMA-class) find the last non-pad "
         "token from input_ids only: with inputs_embeds they pool the last position, a pad token in padded "
         "batches"
+    ),
+    ("prefix", "distilbert"): (
+        "peft hands the prefix to every attention layer as a key/value cache, and DistilBERT's attention takes none"
+    ),
+    ("prefix", "deberta-v2"): (
+        "peft hands the prefix to every attention layer as a key/value cache, and DeBERTa-v2's disentangled "
+        "attention takes none"
     ),
 }
 
@@ -96,13 +103,17 @@ def prepare_base(model: torch.nn.Module, method: str) -> None:
 
 def check_method_supported(method: str, family: Family) -> None:
     """Refuse a method x model-family pair that cannot work, saying why."""
-    reason = UNSUPPORTED.get((method, family.kind))
+    reason = _why_unsupported(method, family)
     if reason:
-        works = sorted(m for m in METHODS if (m, family.kind) not in UNSUPPORTED)
+        works = sorted(m for m in METHODS if not _why_unsupported(m, family))
         raise ConfigError(
             f"adapter.method: {method!r} does not work with {family.name} ({family.kind}) models: {reason}. "
             f"Methods that do: {', '.join(works)}"
         )
+
+
+def _why_unsupported(method: str, family: Family) -> str | None:
+    return UNSUPPORTED.get((method, family.kind)) or UNSUPPORTED.get((method, family.name))
 
 
 def check_method_compatible(config: RunConfig) -> None:

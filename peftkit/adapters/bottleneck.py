@@ -166,6 +166,7 @@ DEFAULT_TARGET_MODULES: dict[str, dict[str, str | list[str]]] = {
     "xlm-roberta": _BERT_LIKE,
     "electra": _BERT_LIKE,
     "distilbert": {"houlsby": ["out_lin", "lin2"], "pfeiffer": ["lin2"], "parallel": ["ffn"]},
+    "deberta-v2": _BERT_LIKE,
     "t5": _T5_LIKE,
     "mt5": _T5_LIKE,
     "llama": _LLAMA_LIKE,
@@ -175,6 +176,7 @@ DEFAULT_TARGET_MODULES: dict[str, dict[str, str | list[str]]] = {
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "phi3": _LLAMA_LIKE,
+    "phi": {"houlsby": ["dense", "fc2"], "pfeiffer": ["fc2"], "parallel": ["mlp"]},
 }
 
 

@@ -14,7 +14,7 @@ from peft.utils.constants import (
     TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
 )
 
-from peftkit.adapters.targets import head_modules, resolve_target_modules
+from peftkit.adapters.targets import head_modules, resolve_target_modules, targets_conv1d
 from peftkit.config import AdapterConfig, ConfigError
 from peftkit.families import Family
 
@@ -27,7 +27,11 @@ def build_ia3_config(config: AdapterConfig, model: torch.nn.Module, family: Fami
     if config.target_modules != "auto":
         targets = resolve_target_modules(model, family, config.target_modules)
         return IA3Config(
-            task_type=TaskType.SEQ_CLS, target_modules=targets, feedforward_modules=[], modules_to_save=heads
+            task_type=TaskType.SEQ_CLS,
+            target_modules=targets,
+            feedforward_modules=[],
+            modules_to_save=heads,
+            fan_in_fan_out=targets_conv1d(model, targets),
         )
     model_type = _SAME_LAYOUT.get(family.name, family.name)
     if model_type not in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
@@ -35,9 +39,11 @@ def build_ia3_config(config: AdapterConfig, model: torch.nn.Module, family: Fami
             f"adapter.method: ia3 has no default targets for {family.name!r} models; "
             "set adapter.target_modules to the attention/MLP linear layers to rescale"
         )
+    targets = list(TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING[model_type])
     return IA3Config(
         task_type=TaskType.SEQ_CLS,
-        target_modules=list(TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING[model_type]),
+        target_modules=targets,
         feedforward_modules=list(TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING[model_type]),
         modules_to_save=heads,
+        fan_in_fan_out=targets_conv1d(model, targets),  # GPT-2's Conv1D; peft would switch it with a warning
     )
