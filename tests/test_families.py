@@ -15,7 +15,7 @@ import pytest
 import tiny
 import torch
 import transformers
-from peft import get_peft_model_state_dict
+from peft import PeftModel, get_peft_model_state_dict
 from peft.utils import ModulesToSaveWrapper
 from transformers import AutoModelForSequenceClassification
 
@@ -23,7 +23,7 @@ from peftkit.adapters import UNSUPPORTED, apply_adapter
 from peftkit.adapters.targets import resolve_target_modules
 from peftkit.config import AdapterConfig, ConfigError, ModelConfig
 from peftkit.families import FAMILIES, family_for, family_table_markdown, guess_head_modules
-from peftkit.model import load_model
+from peftkit.model import load_model, prepare_quantized_model, quantized_loading
 from peftkit.strategies.layers import layer_groups
 from peftkit.strategies.lr import layerwise_param_groups
 from peftkit.strategies.unfreeze import GradualUnfreezer
@@ -190,7 +190,7 @@ def test_family_entry_matches_the_model(model_type, caplog):
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
-def test_lora_trains_only_adapter_and_head(model_type, recwarn):
+def test_lora_trains_only_adapter_and_head(model_type, recwarn, tmp_path):
     family = FAMILIES[model_type]
     model = apply_adapter(build(model_type), AdapterConfig(method="lora", r=2, lora_dropout=0.0), family)
     assert model.peft_config["default"].fan_in_fan_out == (model_type == "gpt2")
@@ -208,13 +208,33 @@ def test_lora_trains_only_adapter_and_head(model_type, recwarn):
     loss, changed = train_step(model)
     assert torch.isfinite(loss) and abs(loss.item() - torch.log(torch.tensor(3.0)).item()) < 1.0
     head_changed = {n for n in changed if ".modules_to_save.default." in n}
-    assert head_changed and {
-        h for h in family.head_modules if any(f".{h}.modules_to_save" in n for n in changed)
-    }
-    assert any(
-        "lora_B" in n for n in changed
-    )  # B starts at zero: the first step moves B (A gets no gradient)
+    assert all(any(f".{h}.modules_to_save." in n for n in head_changed) for h in family.head_modules)
+    assert any("lora_B" in n for n in changed)  # B starts at zero: the first step moves B, A gets no gradient
     assert changed <= {n for n in changed if "lora_" in n} | head_changed
+
+    # saved -> loaded into a fresh base gives the same logits; merging (Conv1D too) changes nothing
+    model.eval()
+    inputs = {k: v for k, v in batch(model).items() if k != "labels"}
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        model.save_pretrained(tmp_path)
+        loaded = PeftModel.from_pretrained(build(model_type), tmp_path).eval()
+        torch.testing.assert_close(loaded(**inputs).logits, logits, rtol=0, atol=0)
+        torch.testing.assert_close(model.merge_and_unload()(**inputs).logits, logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_qlora_keeps_the_head_out_of_quantization(model_type, tmp_path):
+    family = FAMILIES[model_type]
+    build(model_type).save_pretrained(tmp_path)
+    loading = quantized_loading(ModelConfig(), "4bit", list(family.head_modules))
+    model = prepare_quantized_model(AutoModelForSequenceClassification.from_pretrained(tmp_path, **loading))
+    quantized = [n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"]
+    assert quantized and not [n for n in quantized if n.split(".")[0] in family.head_modules]
+    model = apply_adapter(model, AdapterConfig(method="qlora", r=2, lora_dropout=0.0), family)
+    loss, changed = train_step(model)
+    assert torch.isfinite(loss) and all("lora_" in n or ".modules_to_save." in n for n in changed)
+    assert any(".modules_to_save." in n for n in changed) and any("lora_B" in n for n in changed)
 
 
 def expected_group_names(model_type: str) -> list[str]:
