@@ -2,8 +2,9 @@
 
 prepare -> (accumulate -> forward -> backward -> clip -> step) -> log -> evaluate -> checkpoint.
 Works unchanged on one CPU, one GPU or many processes under `accelerate launch`.
-The loss is kept on the device and read back only at logging steps, so on one
-process the loop adds no host-device sync per step.
+The loss is kept on the device and read back only at logging steps; the NaN/inf
+guard (`peftkit.numerics`, `training.max_bad_steps`; 0 turns it off) reads one scalar
+per optimizer step, the loop's only host-device sync per step on one process.
 
 Checkpoints (`peftkit.checkpoint`) are written every `save_every_steps` optimizer
 steps. SIGTERM or SIGINT (pre-emption, Ctrl-C) lets the current optimizer step
