@@ -108,7 +108,7 @@ def finetune(
     set_seed(t.seed)
     raw = training_split(load_raw_splits(config.data, t.seed), config)  # k-shot, augmentation
     tokenizer = load_tokenizer(config.model)
-    rows = {name: tokenize(split, tokenizer, raw.labels, config.data) for name, split in _splits(raw).items()}
+    rows = {n: tokenize(split, tokenizer, raw.labels, config.data, n) for n, split in _splits(raw).items()}
     loaded = load_model(config.model, raw.labels, tokenizer, config.adapter)
     if config.adapter.method in BACKBONE_METHODS:  # full fine-tuning or feature extraction: no adapter
         model = prepare_backbone(loaded.model, config.adapter.method)

@@ -39,6 +39,7 @@ from peftkit import __version__
 from peftkit.config import ConfigError, RunConfig
 from peftkit.data import resolve_data_path
 from peftkit.io import committed_dir, write_json
+from peftkit.safety import check_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,10 @@ def dump_state(state: Any, folder: Path, name: str) -> None:
 
 def load_state(folder: Path, name: str) -> Any:
     tensor_file = folder / f"{name}.safetensors"
-    tensors = load_file(tensor_file) if tensor_file.is_file() else {}
+    tensors = {}
+    if tensor_file.is_file():
+        check_safetensors(tensor_file)
+        tensors = load_file(tensor_file)
     return _decode(json.loads((folder / f"{name}.json").read_text())["state"], tensors)
 
 
@@ -346,6 +350,7 @@ class Checkpoints:
     def restore(self, accelerator, model, optimizer, scheduler) -> tuple[Position, dict]:
         """Load `resume_from` into the model, optimizer, scheduler, RNGs and accelerator; return position, progress."""
         path = self.resume_from
+        check_safetensors(path / "trainable.safetensors")
         load_trainable(accelerator.unwrap_model(model), load_file(path / "trainable.safetensors"), path)
         optimizer.load_state_dict(load_state(path, "optimizer"))
         scheduler.load_state_dict(load_state(path, "scheduler"))

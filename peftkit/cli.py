@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3  # training stopped on NaN/inf losses (training.max_bad_steps); earlier checkpoints kept
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped by SIGTERM/SIGINT after writing a checkpoint; resume it
 
 
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from peftkit.data import DataError
     from peftkit.export import ExportError
     from peftkit.hub import HubError
+    from peftkit.numerics import NonFiniteLossError
     from peftkit.predict import AdapterFolderError
     from peftkit.train import TrainingInterrupted
 
@@ -131,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"peftkit: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except NonFiniteLossError as err:
+        print(f"peftkit: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
 
 
 def _train(args) -> int:

@@ -170,6 +170,9 @@ class TrainingConfig:
     """`auto` (the newest committed checkpoint in `output_dir/checkpoints`, or a fresh start when there is none),
     a checkpoint folder, or null (start fresh). Refused when the base model, adapter, data, world size or
     batch size differ from the checkpoint's run."""
+    max_bad_steps: int = 3
+    """Optimizer steps in a row with a NaN/inf loss or gradient norm before training stops with an error
+    (each such step is skipped, so the weights and checkpoints stay finite). 0: no check (no per-step sync)."""
     metric_for_best: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
     """Validation metric that picks the best checkpoint kept by rotation (`loss`: lower is better)."""
     gradient_checkpointing: bool = False
@@ -338,6 +341,10 @@ def validate(config: RunConfig) -> RunConfig:
     m, a, d, t = config.model, config.adapter, config.data, config.training
     if not m.name_or_path:
         raise ConfigError("model.name_or_path is empty; give a Hub id, a local folder or bundled:NAME")
+    if m.name_or_path.startswith("bundled:"):
+        from peftkit.model import resolve_model_path
+
+        resolve_model_path(m.name_or_path)  # an unknown bundled name, with the choices
     if a.method not in METHODS and a.method not in BACKBONE_METHODS:
         choices = ", ".join(sorted([*METHODS, *BACKBONE_METHODS]))
         raise ConfigError(f"adapter.method: {a.method!r} is not one of {choices}")
@@ -375,6 +382,8 @@ def validate(config: RunConfig) -> RunConfig:
     if t.save_every_steps < 0:
         raise ConfigError("training.save_every_steps must be >= 0 (0 turns periodic checkpoints off)")
     _positive(t.save_total_limit, "training.save_total_limit")
+    if t.max_bad_steps < 0:
+        raise ConfigError(f"training.max_bad_steps: {t.max_bad_steps} must be >= 0 (0 turns the check off)")
     if t.resume == "":
         raise ConfigError("training.resume is empty; use auto, a checkpoint folder, or null")
     return config

@@ -2,8 +2,9 @@
 
 Files (CSV/TSV/JSON/JSONL/Parquet) and Hub datasets are read with `datasets`.
 Every problem a user can fix in the data (missing file or column, empty split,
-empty labels, a single class, validation labels unseen in training) is raised
-as `DataError` with counts, before any model is loaded.
+empty or masked labels, a single class, validation labels unseen in training, a
+split with no text left after truncation) is raised as `DataError` with counts,
+before any model is loaded.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from peftkit.config import DataConfig
+from peftkit.io import contained
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_DATA = Path(__file__).parent / "bundled"
+IGNORE_INDEX = -100  # the label value losses skip (a masked label)
 _BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -48,7 +51,7 @@ class RawSplits:
 def resolve_data_path(path: str) -> Path:
     """`bundled:FILE` -> a file shipped in `peftkit/bundled`; anything else is a local path."""
     if path.startswith("bundled:"):
-        return BUNDLED_DATA / path.removeprefix("bundled:")
+        return contained(BUNDLED_DATA, path.removeprefix("bundled:"), "bundled data file")
     return Path(path).expanduser()
 
 
@@ -59,6 +62,8 @@ def read_file(path: str, quoting: str = "auto") -> datasets.Dataset:
     suffix = file.suffix.lower()
     if suffix not in _BUILDERS:
         raise DataError(f"data file {file.name!r}: unsupported format; use one of {', '.join(_BUILDERS)}")
+    if _no_rows(file, suffix):
+        raise DataError(f"data file {str(file)!r} has no data rows (0 rows)")
     kwargs = {}
     if suffix in (".csv", ".tsv"):
         none = quoting == "none" or (quoting == "auto" and suffix == ".tsv")
@@ -68,6 +73,20 @@ def read_file(path: str, quoting: str = "auto") -> datasets.Dataset:
     except Exception as err:  # datasets raises many types for unreadable files
         raise DataError(f"data file {str(file)!r} could not be read: {err}") from err
     return dataset
+
+
+def _no_rows(file: Path, suffix: str) -> bool:
+    """A CSV/TSV with at most a header line, or an empty JSONL file (datasets' own error says little)."""
+    if suffix not in (".csv", ".tsv", ".jsonl"):
+        return False
+    needed = 1 if suffix == ".jsonl" else 2
+    with file.open(errors="replace") as f:
+        lines = 0
+        for line in f:
+            lines += bool(line.strip())
+            if lines >= needed:
+                return False
+    return True
 
 
 def read_splits(
@@ -103,15 +122,21 @@ def load_raw_splits(config: DataConfig, seed: int) -> RawSplits:
     """Read, check and label the splits. Raises DataError before any model work."""
     train, validation, test = read_splits(config, seed)
     splits = {"train": train, "validation": validation} | ({"test": test} if test is not None else {})
+    counts = {name: dict(Counter(list(split[config.label_column]))) for name, split in splits.items()}
+    if len(counts["train"]) < 2 and not config.label_names:
+        raise DataError(
+            f"training data has a single class {list(counts['train'])}: a classifier needs at least two. "
+            f"Label counts per split: {counts}"
+        )
     labels = label_names(list(train[config.label_column]), config.label_names)
     for name, split in splits.items():
         unseen = Counter(str(v) for v in split[config.label_column] if _label_key(v, config) not in labels)
         if unseen:
             raise DataError(
                 f"{name} split has labels never seen in training: {dict(unseen)} "
-                f"(training labels: {labels}); fix the data or add examples of them to training"
+                f"(training labels: {labels}; label counts per split: {counts}); fix the data or add "
+                f"examples of them to training"
             )
-    counts = {name: dict(Counter(list(split[config.label_column]))) for name, split in splits.items()}
     logger.info(
         "data: %s rows per split, labels %s, per-split label counts %s",
         {n: len(s) for n, s in splits.items()},
@@ -136,6 +161,13 @@ def _check_split(name: str, split: datasets.Dataset, config: DataConfig) -> None
     empty = sum(1 for v in split[config.label_column] if v is None or (isinstance(v, str) and not v.strip()))
     if empty:
         raise DataError(f"{name} split: {empty} of {len(split)} rows have an empty {config.label_column!r}")
+    masked = sum(1 for v in split[config.label_column] if str(v).strip() == str(IGNORE_INDEX))
+    if masked:
+        every = "every label is masked: " if masked == len(split) else ""
+        raise DataError(
+            f"{name} split: {every}{masked} of {len(split)} rows have {config.label_column!r} = {IGNORE_INDEX} "
+            f"(the ignore index, a masked label, which a classifier cannot learn from); remove those rows"
+        )
     no_text = sum(1 for v in split[config.text_column] if v is None)
     if no_text:
         raise DataError(f"{name} split: {no_text} of {len(split)} rows have an empty {config.text_column!r}")
@@ -164,13 +196,21 @@ def _label_key(value, config: DataConfig) -> str:
 
 
 def tokenize(
-    split: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, labels: list[str], config: DataConfig
+    split: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    labels: list[str],
+    config: DataConfig,
+    split_name: str = "a",
 ) -> list[dict]:
-    """Tokenize once (truncating, not padding) and map labels to ids; rows as plain dicts for fast indexing."""
+    """Tokenize once (truncating, not padding) and map labels to ids; rows as plain dicts for fast indexing.
+
+    Raises DataError when truncation leaves no text token in any row of the split.
+    """
     label2id = {name: i for i, name in enumerate(labels)}
     texts = list(split[config.text_column])
     pairs = list(split[config.text_pair_column]) if config.text_pair_column else None
     encoded = tokenizer(texts, pairs, truncation=True, max_length=config.max_length)
+    _check_text_left(encoded["input_ids"], tokenizer, config.max_length, split_name)
     keys = list(encoded.keys())
     rows = []
     for i, value in enumerate(split[config.label_column]):
@@ -178,6 +218,22 @@ def tokenize(
         row["labels"] = label2id[_label_key(value, config)]
         rows.append(row)
     return rows
+
+
+def _check_text_left(input_ids: list[list[int]], tokenizer, max_length: int, split_name: str) -> None:
+    """Refuse a split whose every row holds only special tokens after templating and truncation."""
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}  # an unknown word is still text
+    empty = sum(1 for ids in input_ids if all(i in special for i in ids))
+    if empty and empty == len(input_ids):
+        raise DataError(
+            f"{split_name} split: every one of its {len(input_ids)} rows holds no text token after templating and "
+            f"truncation to data.max_length={max_length} (only special tokens are left); raise data.max_length "
+            f"or check data.text_column"
+        )
+    if empty:
+        logger.warning(
+            "%s split: %d of %d rows hold no text token after truncation", split_name, empty, len(input_ids)
+        )
 
 
 class LengthGroupedBatchSampler:

@@ -1,4 +1,9 @@
-"""Crash-safe writes: a folder is written beside its destination and swapped in only when complete."""
+"""Crash-safe writes and contained names.
+
+A folder is written beside its destination and swapped in only when complete; a write that fails
+(a full disk, say) removes its own temporary files and leaves what was there before untouched.
+`contained` keeps names that come from configs, files or the Hub inside the folder they belong to.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from peftkit.config import ConfigError
 
 
 @contextmanager
@@ -46,7 +53,11 @@ def committed_dir(final: str | Path, marker: str = "COMMITTED") -> Iterator[Path
     tmp = final.parent / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    yield tmp
+    try:
+        yield tmp
+    except Exception:  # a failed write (no space left...) cleans up; a hard crash leaves `.tmp-` unmarked
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for file in tmp.iterdir():
         _fsync(file)
     (tmp / marker).write_text("")
@@ -69,5 +80,39 @@ def _fsync(path: Path) -> None:
 def write_json(path: Path, data: dict) -> None:
     """Write JSON through a temporary file and an atomic rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class UnsafePathError(ConfigError):
+    """A name that would leave the folder it must stay in (`..`, an absolute path, a separator)."""
+
+
+def contained(root: str | Path, name: str, what: str = "name") -> Path:
+    """`root / name`, refused unless it stays inside `root` (no `..`, absolute path or escaping link).
+
+    For names that come from a recipe, a file or the Hub (adapter, run and file names).
+    """
+    text = str(name)
+    if not text or "\x00" in text or Path(text).is_absolute() or PurePosixPath(text).is_absolute():
+        raise UnsafePathError(f"{what} {text!r} must be a relative name inside {str(root)!r}")
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    if ".." in parts:
+        raise UnsafePathError(f"{what} {text!r} leaves {str(root)!r} ('..'); use a plain name")
+    root = Path(root)
+    target = root / text
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise UnsafePathError(f"{what} {text!r} resolves outside {str(root)!r}; use a plain name")
+    return target
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """`name` if it is one plain path component (an adapter or run name), else UnsafePathError."""
+    text = str(name)
+    if not text or text in (".", "..") or any(c in text for c in "/\\\x00"):
+        raise UnsafePathError(f"{what} {text!r} must be a plain name without '/', '\\\\' or '..'")
+    return text

@@ -32,6 +32,7 @@ from transformers import (
 from peftkit.adapters import check_method_supported, quantization_for
 from peftkit.config import AdapterConfig, ConfigError, ModelConfig
 from peftkit.families import FAMILIES, Family, family_for, guess_head_modules
+from peftkit.safety import refuse_pickled_weights
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,10 @@ def load_model(
     quantization = quantization_for(config, adapter.method if adapter else None)
     if tokenizer.pad_token_id < getattr(hf_config, "vocab_size", tokenizer.pad_token_id + 1):
         hf_config.pad_token_id = tokenizer.pad_token_id  # an added pad token is set after the resize below
+    refuse_pickled_weights(path)  # before transformers could unpickle a .bin
     model = AutoModelForSequenceClassification.from_pretrained(
         path,
+        use_safetensors=True,
         config=hf_config,
         revision=config.revision,
         trust_remote_code=config.trust_remote_code,

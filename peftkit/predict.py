@@ -18,7 +18,18 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from peftkit.adapters import prepare_base  # also registers peftkit's own peft methods (bottleneck)
 from peftkit.export import METADATA_FILE
+from peftkit.io import safe_name
 from peftkit.model import resolve_model_path
+from peftkit.safety import (
+    CONVERT_HINT,
+    check_adapter_config,
+    check_safetensors,
+    pickled_files,
+    refuse_pickled_weights,
+)
+
+# The last layer of each family's classification head: its rows are the labels.
+HEAD_OUTPUTS = (".classifier.weight", ".score.weight", ".out_proj.weight")
 
 
 class AdapterFolderError(ValueError):
@@ -41,16 +52,32 @@ def find_adapter_dir(path: str | Path) -> Path:
             f"{str(path)!r} holds no adapter_config.json: not a trained adapter or run folder"
         )
     if not (folder / "adapter_model.safetensors").is_file():
-        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
-        hint = (
-            f" (found {pickled}: peftkit never unpickles weights; convert them to safetensors)"
-            if pickled
-            else ""
-        )
+        pickled = pickled_files(folder)
+        hint = f" (found {pickled}: peftkit never unpickles weights; {CONVERT_HINT})" if pickled else ""
         raise AdapterFolderError(f"{str(folder)!r} holds no adapter_model.safetensors{hint}")
     if not (folder / METADATA_FILE).is_file():
         raise AdapterFolderError(f"{str(folder)!r} has no {METADATA_FILE}: it was not written by peftkit")
+    check_adapter_config(folder)  # no remote code, a registered peft method
+    header = check_safetensors(folder / "adapter_model.safetensors")
+    check_head_labels(folder, header, json.loads((folder / METADATA_FILE).read_text()))
     return folder
+
+
+def check_head_labels(folder: Path, header: dict, metadata: dict) -> None:
+    """Refuse an adapter whose saved classifier head has another number of outputs than its labels."""
+    labels = metadata.get("labels") or []
+    rows = sorted(
+        {
+            entry["shape"][0]
+            for key, entry in header.items()
+            if key.endswith(HEAD_OUTPUTS) and entry.get("shape")
+        }
+    )
+    if rows and rows != [len(labels)]:
+        raise AdapterFolderError(
+            f"{folder.name}: the saved classifier head has {rows[0]} outputs but {METADATA_FILE} lists "
+            f"{len(labels)} labels {labels}; the head and num_labels must agree (retrain, or fix the labels)"
+        )
 
 
 class Classifier:
@@ -71,6 +98,7 @@ class Classifier:
         """Load another adapter trained on the same base (with its own head and labels) as `adapter_name`."""
         if not self.adapters:
             raise AdapterFolderError("a merged model holds no adapters: load an adapter folder to add others")
+        safe_name(adapter_name, "adapter name")  # peft saves a named adapter in a folder of that name
         folder = find_adapter_dir(local_folder(path))
         metadata = json.loads((folder / METADATA_FILE).read_text())
         first = next(iter(self.adapters.values()))
@@ -170,9 +198,12 @@ def load_classifier(path: str | Path, device: str | None = None, base_model: str
     if base_model is not None:
         check_base_model(metadata, base_model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    base_path = resolve_model_path(base_model or metadata["base_model"])
+    refuse_pickled_weights(base_path)
     try:
         base = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(base_model or metadata["base_model"]),
+            base_path,
+            use_safetensors=True,
             revision=None if base_model else metadata.get("base_model_revision"),
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
@@ -210,7 +241,8 @@ def _is_merged(folder: Path) -> bool:
 
 def _load_merged(folder: Path, device: torch.device) -> Classifier:
     metadata = json.loads((folder / METADATA_FILE).read_text())
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    refuse_pickled_weights(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
     if not getattr(model, "is_quantized", False):  # bitsandbytes places quantized weights itself
         model = model.to(device)
     return Classifier(model.eval(), AutoTokenizer.from_pretrained(folder), metadata, device)

@@ -2,8 +2,9 @@
 
 prepare -> (accumulate -> forward -> backward -> clip -> step) -> log -> evaluate -> checkpoint.
 Works unchanged on one CPU, one GPU or many processes under `accelerate launch`.
-The loss is kept on the device and read back only at logging steps, so on one
-process the loop adds no host-device sync per step.
+The loss is kept on the device and read back only at logging steps; the NaN/inf
+guard (`peftkit.numerics`, `training.max_bad_steps`; 0 turns it off) reads one scalar
+per optimizer step, the loop's only host-device sync per step on one process.
 
 Checkpoints (`peftkit.checkpoint`) are written every `save_every_steps` optimizer
 steps. SIGTERM or SIGINT (pre-emption, Ctrl-C) lets the current optimizer step
@@ -36,6 +37,7 @@ from transformers import get_scheduler
 from peftkit.adapters.lora import parameter_groups
 from peftkit.checkpoint import Checkpoints, Position
 from peftkit.config import ConfigError, TrainingConfig
+from peftkit.numerics import BadStepGuard, grad_norm
 from peftkit.strategies.lr import layerwise_param_groups
 
 logger = logging.getLogger(__name__)
@@ -351,6 +353,7 @@ def train_loop(
     show = accelerator.is_main_process and config.progress_bar
     progress = tqdm(total=steps, initial=result.steps, desc="train", disable=not show, unit="step")
     window = _LossWindow(accelerator.device)
+    guard = BadStepGuard(config.max_bad_steps, accelerator, checkpoints)
     clock = _Clock(result.train_seconds)
     model.train()
     with _StopOnSignal() as stop, progress:
@@ -363,12 +366,17 @@ def train_loop(
             ):
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
+                    guard.observe(loss)
                     accelerator.backward(loss + regularizer() if regularizer else loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
+                    finite = not accelerator.sync_gradients or guard.step_ok(
+                        _clip(accelerator, params, config.max_grad_norm, guard.enabled), result.steps
+                    )
+                    if finite:  # a NaN/inf step is skipped: the weights keep their last finite values
+                        optimizer.step()
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                if not finite:
+                    continue
                 window.add(loss)
                 result.train_samples += batch["labels"].shape[0] * accelerator.num_processes
                 if not accelerator.sync_gradients:
@@ -405,6 +413,13 @@ def train_loop(
     result.train_seconds = clock.seconds()
     result.epochs = round(result.steps * config.gradient_accumulation_steps / batches_per_epoch, 4)
     return result
+
+
+def _clip(accelerator: Accelerator, params: list, max_grad_norm: float, need_norm: bool):
+    """Clip the gradients to `max_grad_norm` (when > 0) and return their norm (None when not needed)."""
+    if max_grad_norm > 0:
+        return accelerator.clip_grad_norm_(params, max_grad_norm)
+    return grad_norm(params) if need_norm else None
 
 
 def _every(step: int, every: int) -> bool:

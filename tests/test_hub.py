@@ -12,7 +12,9 @@ import traceback
 import httpx2
 import huggingface_hub
 import pytest
+import torch
 from huggingface_hub.utils._http import default_client_factory  # to restore the real client afterwards
+from safetensors.torch import save_file
 
 from peftkit.cli import main
 from peftkit.export import export_model
@@ -201,7 +203,9 @@ def test_export_then_push(fake_hub, tmp_path):
     (adapter / "adapter_config.json").write_text(
         json.dumps({"peft_type": "LORA", "base_model_name_or_path": "x"})
     )
-    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    save_file(
+        {"base_model.model.classifier.weight": torch.zeros(2, 4)}, adapter / "adapter_model.safetensors"
+    )
     (adapter / "tokenizer.json").write_text("{}")
     (adapter / "README.md").write_text("peft's placeholder card")
     meta = {"method": "lora", "base_model": "someone/base", "model_type": "bert", "labels": ["a", "b"],

@@ -23,6 +23,7 @@ from peftkit.adapters.prefix import accept_prefix_cache, build_prefix_config
 from peftkit.adapters.prompt import build_prompt_config
 from peftkit.config import AdapterConfig, ConfigError, ModelConfig, RunConfig
 from peftkit.families import Family
+from peftkit.numerics import upcast_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def apply_adapter(model: torch.nn.Module, config: AdapterConfig, family: Family)
     prepare_base(model, config.method)
     peft_config = METHODS[config.method](config, model, family)
     peft_model = get_peft_model(model, peft_config)
+    upcast_trainable(peft_model)  # the head on a 16-bit base trains in float32 too
     trainable, total = count_parameters(peft_model)
     logger.info(
         "%s adapter on %s: trainable params %s / %s (%.2f%%)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 
 from peftkit.config import ConfigError
@@ -57,8 +59,13 @@ def resolve_target_modules(
     if setting == "auto" and present:
         return present
     if missing:
+        close = {name: difflib.get_close_matches(name, list(candidates), n=2, cutoff=0.5) for name in missing}
+        hints = "".join(
+            f"{name!r}: did you mean {' or '.join(map(repr, m))}? " for name, m in close.items() if m
+        )
+        matched = f" (matched: {present})" if present else ""
         raise ConfigError(
-            f"adapter.target_modules: {missing} match no linear layer of this {family.name} model. "
-            f"Linear layers it has: {sorted(candidates)} (or use 'all-linear')"
+            f"adapter.target_modules: {missing} match no linear layer of this {family.name} model{matched}. "
+            f"{hints}Linear layers it has: {sorted(candidates)} (or use 'all-linear')"
         )
     return present
