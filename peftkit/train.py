@@ -370,7 +370,7 @@ def train_loop(
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 window.add(loss)
-                result.train_samples += batch["labels"].shape[0] * accelerator.num_processes
+                result.train_samples += _examples(batch) * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
                 result.steps += 1
@@ -405,6 +405,13 @@ def train_loop(
     result.train_seconds = clock.seconds()
     result.epochs = round(result.steps * config.gradient_accumulation_steps / batches_per_epoch, 4)
     return result
+
+
+def _examples(batch: dict) -> int:
+    """Examples in `batch`: its rows, or in a packed batch (no attention mask) the position-id restarts."""
+    if "position_ids" in batch and "attention_mask" not in batch:
+        return int((batch["position_ids"] == 0).sum())
+    return batch["labels"].shape[0]
 
 
 def _every(step: int, every: int) -> bool:
