@@ -2,6 +2,7 @@
 evaluation by generation, saving and generating again, and the refusals of config validation."""
 
 import json
+from pathlib import Path
 
 import pytest
 import tiny
@@ -16,6 +17,7 @@ from peftkit.families import FAMILIES
 from peftkit.generation import load_generator
 from peftkit.generative import collator, without_cache
 from peftkit.model import load_generative_model
+from peftkit.predict import AdapterFolderError, load_classifier
 from peftkit.templates import prompt_response_messages, render_chat, use_chat_template
 
 WORD = {"positive": "good", "negative": "bad"}
@@ -229,3 +231,40 @@ def test_architecture_that_does_not_fit_the_task_is_refused_before_loading(gener
     tokenizer = tiny.build_tokenizer("t5")
     with pytest.raises(ConfigError, match="causal-lm.*decoder-only.*'t5'.*task: seq2seq"):
         load_generative_model(ModelConfig(name_or_path=str(generative_models["t5"])), "causal-lm", tokenizer)
+
+
+# ---------------------------------------------------------------- shipped recipes and data
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/*.yaml"))
+GENERATIVE_RECIPES = [p for p in RECIPES if p.parent.name in ("seq2seq", "causal_lm")]
+
+
+def test_generative_recipes_found():
+    assert len(GENERATIVE_RECIPES) >= 5, GENERATIVE_RECIPES
+
+
+@pytest.mark.parametrize("recipe", GENERATIVE_RECIPES, ids=lambda p: p.name)
+def test_generative_recipe_runs_on_its_bundled_data(recipe, generative_models, tmp_path, one_thread):
+    """Each recipe, with a tiny model of its family: bundled data read, rendered, trained 2 steps, evaluated."""
+    family = "t5" if recipe.parent.name == "seq2seq" else "llama"
+    overrides = [
+        f"model.name_or_path={generative_models[family]}", f"training.output_dir={tmp_path}",
+        "training.max_steps=2", "training.max_new_tokens=2", "training.progress_bar=false",
+    ]  # fmt: skip
+    if family == "llama":
+        overrides.append("model.bnb_4bit_compute_dtype=float32")
+    result = finetune(recipe, overrides)
+    assert result.metrics["train"]["steps"] == 2
+    assert result.metrics["test"]["samples"] == 12 or recipe.name == "lora_t5_tickets.yaml"
+    assert all(0.0 <= result.metrics[s]["rouge_l"] <= 1.0 for s in ("validation", "test"))
+
+
+def test_classifier_commands_refuse_a_generative_run(
+    generative_models, generative_files, tmp_path, one_thread
+):
+    config = _seq2seq_config(generative_models["t5"], generative_files, tmp_path, label_words=["bad", "good"])
+    config["training"]["max_steps"] = 1
+    finetune(config)
+    assert main(["predict", str(tmp_path), "good film"]) == 2  # usage error, with the reason on stderr
+    with pytest.raises(AdapterFolderError, match="seq2seq.*peftkit generate"):
+        load_classifier(tmp_path)
