@@ -13,9 +13,10 @@ from peftkit.adapters import apply_adapter
 from peftkit.api import build_config, finetune
 from peftkit.cli import main
 from peftkit.config import AdapterConfig, ConfigError, ModelConfig
+from peftkit.data import DataError
 from peftkit.families import FAMILIES
 from peftkit.generation import load_generator
-from peftkit.generative import collator, without_cache
+from peftkit.generative import collator, load_generative_data, without_cache
 from peftkit.model import load_generative_model
 from peftkit.predict import AdapterFolderError, load_classifier
 from peftkit.templates import prompt_response_messages, render_chat, use_chat_template
@@ -271,3 +272,47 @@ def test_classifier_commands_refuse_a_generative_run(
     assert main(["predict", str(tmp_path), "good film"]) == 2  # usage error, with the reason on stderr
     with pytest.raises(AdapterFolderError, match="seq2seq.*peftkit generate"):
         load_classifier(tmp_path)
+
+
+def test_chat_messages_column_from_jsonl(tmp_path):
+    chats = [
+        [
+            {"role": "system", "content": "be very good"},
+            {"role": "user", "content": f"the {word} movie"},
+            {"role": "assistant", "content": word},
+            {"role": "user", "content": "and the plot"},
+            {"role": "assistant", "content": f"{word} plot"},
+        ]
+        for word in ("good", "bad", "great", "awful")
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats))
+    config = build_config(
+        {
+            "task": "causal-lm",
+            "data": {"train_file": str(path), "validation_file": str(path), "messages_column": "messages"},
+        }
+    )
+    tokenizer = tiny.build_tokenizer("llama")
+    data = load_generative_data(config, tokenizer)
+    first = data.rows["train"][0]
+    eos = tokenizer.eos_token_id
+    trained = [t for t in first["labels"] if t != -100]
+    word = tokenizer.decode(trained[0])
+    assert trained == tokenizer(f"{word}", add_special_tokens=False)["input_ids"] + [eos] + tokenizer(
+        f"{word} plot", add_special_tokens=False
+    )["input_ids"] + [eos]
+    assert sorted(data.generation["validation"].references) == sorted(
+        f"{w} plot" for w in ("good", "bad", "great", "awful")
+    )
+
+
+def test_missing_chat_columns_are_a_data_error(generative_files):
+    config = build_config(
+        {
+            "task": "causal-lm",
+            "data": {"train_file": str(generative_files["train"]), "response_column": "answer"},
+        }
+    )
+    with pytest.raises(DataError, match="no column 'prompt'"):
+        load_generative_data(config, tiny.build_tokenizer("llama"))
