@@ -2,6 +2,7 @@
 evaluation by generation, saving and generating again, and the refusals of config validation."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,23 @@ def test_missing_chat_columns_are_a_data_error(generative_files):
     )
     with pytest.raises(DataError, match="no column 'prompt'"):
         load_generative_data(config, tiny.build_tokenizer("llama"))
+
+
+def test_resumed_causal_lm_run_ends_with_the_same_adapter(
+    generative_models, generative_files, tmp_path, one_thread, caplog
+):
+    from safetensors.torch import load_file
+
+    config = _causal_config(generative_models["llama"], generative_files, tmp_path, "lora", packing=True)
+    config["training"] |= {"max_steps": 4, "save_every_steps": 2, "save_total_limit": 5, "log_every_steps": 1}
+    whole = finetune(config)
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    for path in (tmp_path / "checkpoints").glob("step-4"):
+        shutil.rmtree(path)  # as if the run had stopped after step 2
+    config["training"]["resume"] = "auto"
+    with caplog.at_level("INFO", logger="peftkit.checkpoint"):
+        resumed = finetune(config)
+    assert "step-2: step 2" in caplog.text  # it did resume
+    assert resumed.metrics["train"]["losses"] == whole.metrics["train"]["losses"]
+    again = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
