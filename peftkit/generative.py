@@ -95,9 +95,8 @@ def _check_generative(config: RunConfig) -> None:
         raise ConfigError(
             "training.metric_for_best: macro_f1 is a classification metric; use accuracy or loss"
         )
-    for name in ("max_target_length",):
-        if getattr(d, name) <= 0:
-            raise ConfigError(f"data.{name}: {getattr(d, name)} must be > 0")
+    if d.max_target_length <= 0:
+        raise ConfigError(f"data.max_target_length: {d.max_target_length} must be > 0")
     if t.max_new_tokens <= 0:
         raise ConfigError(f"training.max_new_tokens: {t.max_new_tokens} must be > 0")
     if d.label_words is not None and (d.target_column or len(set(d.label_words)) != len(d.label_words)):

@@ -265,12 +265,14 @@ def test_generative_recipe_runs_on_its_bundled_data(recipe, generative_models, t
 
 
 def test_classifier_commands_refuse_a_generative_run(
-    generative_models, generative_files, tmp_path, one_thread
+    generative_models, generative_files, tmp_path, one_thread, capsys
 ):
     config = _seq2seq_config(generative_models["t5"], generative_files, tmp_path, label_words=["bad", "good"])
     config["training"]["max_steps"] = 1
     finetune(config)
     assert main(["predict", str(tmp_path), "good film"]) == 2  # usage error, with the reason on stderr
+    assert main(["export", str(tmp_path), "--adapter", "--output", str(tmp_path / "export")]) == 2
+    assert "exporting a 'seq2seq' run is not supported yet" in capsys.readouterr().err
     with pytest.raises(AdapterFolderError, match="seq2seq.*peftkit generate"):
         load_classifier(tmp_path)
 
