@@ -95,8 +95,12 @@ def _dotted(name: str, value: Any) -> str:
 def finetune(
     config: RunConfig | str | Path | dict | None = None, overrides: list[str] | None = None, **fields: Any
 ) -> FinetuneResult:
-    """Fine-tune a classifier as `config` says and return its metrics and output folder."""
+    """Fine-tune a classifier (or, by `config.task`, a generative model) and return its metrics and folder."""
     config = build_config(config, overrides, **fields)
+    if config.task != "classification":
+        from peftkit.generative import finetune_generative
+
+        return finetune_generative(config)
     t = config.training
     accelerator = Accelerator(
         gradient_accumulation_steps=t.gradient_accumulation_steps,

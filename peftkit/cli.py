@@ -1,4 +1,4 @@
-"""Command line: `peftkit train | eval | predict | export | push`, a thin layer over the Python API.
+"""Command line: `peftkit train | eval | predict | generate | export | push`, a thin layer over the Python API.
 
 Works the same under `accelerate launch -m peftkit train RECIPE`.
 """
@@ -20,7 +20,8 @@ EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped by SIGTERM/SIGINT after writing
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peftkit",
-        description="Parameter-efficient fine-tuning of BERT-, T5- and LLaMA-class text classifiers.",
+        description="Parameter-efficient fine-tuning of BERT-, T5- and LLaMA-class text classifiers, "
+        "text-to-text (T5/BART-class) and instruction-tuned (LLaMA-class) models.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
@@ -58,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", help="write predictions as JSONL here instead of printing them")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--base-model", help="load the adapter on this base (a local copy or Hub id); checked")
+    ge = sub.add_parser(
+        "generate",
+        help="generate text with a trained seq2seq or causal-lm run",
+        description="Greedy generation with a trained seq2seq or causal-lm adapter (run or adapter folder); "
+        "a causal-lm text is one user turn in the run's chat template.",
+    )
+    ge.add_argument("run", help="run folder or adapter folder")
+    ge.add_argument("texts", nargs="*", help="inputs (seq2seq) or instructions (causal-lm)")
+    ge.add_argument("--file", help="a text file (one input per line) or a CSV/TSV/JSON/JSONL file")
+    ge.add_argument("--max-new-tokens", type=int, default=32)
+    ge.add_argument("--batch-size", type=int, default=16)
     _export_parsers(sub)
     return parser
 
@@ -125,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     from peftkit.train import TrainingInterrupted
 
     try:
-        commands = {"train": _train, "eval": _eval, "predict": _predict, "export": _export, "push": _push}
+        commands = {
+            "train": _train, "eval": _eval, "predict": _predict, "generate": _generate, "export": _export,
+            "push": _push,
+        }  # fmt: skip
         return commands[args.command](args)
     except (ConfigError, DataError, AdapterFolderError, ExportError, HubError) as err:
         print(f"peftkit: error: {err}", file=sys.stderr)
@@ -193,6 +208,19 @@ def _predict(args) -> int:
         Path(args.output).write_text("\n".join(lines) + "\n")
     else:
         print("\n".join(lines))
+    return 0
+
+
+def _generate(args) -> int:
+    from peftkit.generation import load_generator
+
+    texts = list(args.texts) + (_read_texts(args.file) if args.file else [])
+    if not texts:
+        print("peftkit generate: give texts as arguments or --file", file=sys.stderr)
+        return EXIT_USAGE
+    generator = load_generator(args.run)
+    outputs = generator.generate(texts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    print("\n".join(json.dumps({"text": t, "generation": g}) for t, g in zip(texts, outputs, strict=True)))
     return 0
 
 

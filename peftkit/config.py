@@ -134,6 +134,27 @@ class DataConfig:
     Fisher information) and `replay_ratio`."""
     replay_ratio: float = 0.0
     """Replay: this fraction of every training batch is drawn from `source_file` (0: off)."""
+    target_column: str | None = None
+    """`task: seq2seq`: the output text column (the input is `text_column`). Null: classification as
+    generation, the model learns to write the word of `label_column`'s class (see `label_words`)."""
+    label_words: list[str] | None = None
+    """`task: seq2seq` without `target_column`: the word generated for each class, in label order (sorted label
+    values, or `label_names`). Null: the label names themselves."""
+    max_target_length: int = 64
+    """`task: seq2seq`: truncate target texts to this many tokens."""
+    prompt_column: str = "prompt"
+    """`task: causal-lm`: the instruction column (one user turn)."""
+    response_column: str = "response"
+    """`task: causal-lm`: the answer column (one assistant turn); the loss is on its tokens only."""
+    messages_column: str | None = None
+    """`task: causal-lm`: a column of chat messages (`[{role, content}, ...]`, JSON/JSONL data) used instead of
+    prompt/response; the loss is on every assistant turn."""
+    chat_template: str = "auto"
+    """`task: causal-lm`: `auto` (the tokenizer's chat template, else `plain`) or a name in
+    `peftkit.templates.TEMPLATES` (used even when the tokenizer has its own)."""
+    packing: bool = False
+    """`task: causal-lm`: train on each batch packed into one row, position ids restarting per example, so no
+    padding is computed and examples do not attend to each other (same loss as unpacked)."""
 
 
 @dataclass
@@ -193,6 +214,8 @@ class TrainingConfig:
     l2sp_lambda: float = 0.0
     """L2-SP (Li et al. 2018): adds lambda/2 x ||w - w0||^2 towards the starting weights (0: off). Head excluded.
     AdamW rescales the penalty's gradient like the task's, so start small (1e-4 to 1e-2), not the paper's SGD 0.1."""
+    max_new_tokens: int = 32
+    """`task: seq2seq` / `causal-lm`: tokens generated per example when evaluating by generation (greedy)."""
     feature_cache: Literal["disk", "memory"] = "disk"
     """`adapter.method: features`: keep the features in memory only, or also in `output_dir/features/`
     (safetensors, keyed by a fingerprint of model, data, pooling and max_length; reused by later runs)."""
@@ -206,7 +229,9 @@ class ExportConfig:
 
 @dataclass
 class RunConfig:
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "seq2seq", "causal-lm"] = "classification"
+    """`classification` (a classifier head), `seq2seq` (T5/BART-class, text in -> text out) or `causal-lm`
+    (LLaMA-class instruction/chat tuning); the generative tasks are evaluated by generation."""
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -360,6 +385,9 @@ def validate(config: RunConfig) -> RunConfig:
         raise ConfigError("adapter.target_modules: empty list; use 'auto' or name the modules")
     check_method_compatible(config)  # method options, quantization, and combinations peft cannot run
     check_strategies(config)  # transfer-learning options (peftkit.strategies)
+    from peftkit.generative import check_task
+
+    check_task(config)  # fields of the generative tasks (seq2seq, causal-lm), refused elsewhere
     if not d.train_file and not d.dataset:
         raise ConfigError("data: set data.train_file (a local file) or data.dataset (a Hub dataset id)")
     if d.train_file and d.dataset:

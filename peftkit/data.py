@@ -90,9 +90,12 @@ def _no_rows(file: Path, suffix: str) -> bool:
 
 
 def read_splits(
-    config: DataConfig, seed: int
+    config: DataConfig, seed: int, columns: list[str] | None = None
 ) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset | None]:
-    """(train, validation, test) as configured and checked; validation is carved from train when not given."""
+    """(train, validation, test) as configured and checked; validation is carved from train when not given.
+
+    `columns`: the columns every split must have, with no empty value (default: text and label columns).
+    """
     if config.dataset:
         train = datasets.load_dataset(config.dataset, config.dataset_config, split=config.train_split)
         validation = (
@@ -106,7 +109,7 @@ def read_splits(
     test = read_file(config.test_file, config.csv_quoting) if config.test_file else None
     for name, split in (("train", train), ("validation", validation), ("test", test)):
         if split is not None:
-            _check_split(name, split, config)
+            _check_split(name, split, config, columns)
     if config.max_train_samples:
         train = train.shuffle(seed=seed).select(range(min(config.max_train_samples, len(train))))
     if validation is None:
@@ -146,9 +149,12 @@ def load_raw_splits(config: DataConfig, seed: int) -> RawSplits:
     return RawSplits(train=train, validation=validation, test=test, labels=labels)
 
 
-def _check_split(name: str, split: datasets.Dataset, config: DataConfig) -> None:
+def _check_split(name: str, split: datasets.Dataset, config: DataConfig, columns: list[str] | None) -> None:
     if len(split) == 0:
         raise DataError(f"{name} split is empty (0 rows)")
+    if columns is not None:
+        _check_columns(name, split, columns)
+        return
     needed = [config.text_column, config.label_column] + (
         [config.text_pair_column] if config.text_pair_column else []
     )
@@ -171,6 +177,18 @@ def _check_split(name: str, split: datasets.Dataset, config: DataConfig) -> None
     no_text = sum(1 for v in split[config.text_column] if v is None)
     if no_text:
         raise DataError(f"{name} split: {no_text} of {len(split)} rows have an empty {config.text_column!r}")
+
+
+def _check_columns(name: str, split: datasets.Dataset, columns: list[str]) -> None:
+    for column in columns:
+        if column not in split.column_names:
+            raise DataError(
+                f"{name} split has no column {column!r}; its columns are {split.column_names}. "
+                "Set the data.*_column fields to the right names"
+            )
+        empty = sum(1 for v in split[column] if v is None or (isinstance(v, str) and not v.strip()))
+        if empty:
+            raise DataError(f"{name} split: {empty} of {len(split)} rows have an empty {column!r}")
 
 
 def label_names(values: list, names: list[str] | None) -> list[str]:
@@ -293,8 +311,10 @@ def make_dataloader(
     group_by_length: bool = True,
     seed: int = 0,
     pad_to_multiple_of: int | None = None,
+    collate_fn=None,
 ) -> DataLoader:
-    """Dynamic padding (to the longest in the batch) over length-grouped batches."""
+    """Dynamic padding (to the longest in the batch) over length-grouped batches; `collate_fn` replaces
+    the padding collator (generative tasks: labels padded with -100, or packing)."""
     sampler = LengthGroupedBatchSampler(
         [len(r["input_ids"]) for r in rows],
         batch_size,
@@ -302,7 +322,9 @@ def make_dataloader(
         group_by_length=group_by_length,
         seed=seed,
     )
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
+    collator = collate_fn or DataCollatorWithPadding(
+        tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"
+    )
     # Its own generator: each pass draws a worker seed, which must not come from the global RNG that
     # dropout uses, or a resumed run would see different dropout masks than an uninterrupted one.
     generator = torch.Generator().manual_seed(seed)

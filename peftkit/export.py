@@ -146,6 +146,11 @@ def export_model(
 
     folder = find_adapter_dir(path)
     metadata = json.loads((folder / METADATA_FILE).read_text())
+    if metadata.get("task", "classification") != "classification":
+        raise ExportError(
+            f"exporting a {metadata['task']!r} run is not supported yet (cards and merging are for classifiers); "
+            f"its adapter folder {str(folder)!r} is a plain peft adapter: share it as is"
+        )
     record = load_run_record(folder)
     output = Path(output)
     check_output(output, folder)

@@ -22,6 +22,8 @@ from accelerate import PartialState
 from peft import prepare_model_for_kbit_training
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BitsAndBytesConfig,
@@ -159,6 +161,49 @@ def _head_names(hf_config, known: Family | None, quantization: str, config: Mode
             hf_config, trust_remote_code=config.trust_remote_code
         )
     return list(guess_head_modules(skeleton))
+
+
+# `RunConfig.task` -> the Auto class of the generative tasks, and whether it needs an encoder-decoder model
+GENERATIVE_CLASSES = {"seq2seq": (AutoModelForSeq2SeqLM, True), "causal-lm": (AutoModelForCausalLM, False)}
+
+
+def load_generative_model(
+    config: ModelConfig, task: str, tokenizer: PreTrainedTokenizerBase, adapter: AdapterConfig | None = None
+) -> LoadedModel:
+    """Load a text-to-text (`seq2seq`) or decoder-only (`causal-lm`) model with its LM head, and its family.
+
+    The architecture is checked against the task before the weights load; `qlora` quantizes the base
+    (the LM head stays in full precision).
+    """
+    auto_class, encoder_decoder = GENERATIVE_CLASSES[task]
+    path = resolve_model_path(config.name_or_path)
+    hf_config = AutoConfig.from_pretrained(
+        path, revision=config.revision, trust_remote_code=config.trust_remote_code
+    )
+    if bool(getattr(hf_config, "is_encoder_decoder", False)) != encoder_decoder:
+        other = "seq2seq" if task == "causal-lm" else "causal-lm"
+        raise ConfigError(
+            f"task: {task!r} needs {'an encoder-decoder (T5/BART-class)' if encoder_decoder else 'a decoder-only'} "
+            f"model, but {config.name_or_path!r} is a {hf_config.model_type!r} model; use task: {other} or "
+            "another model"
+        )
+    quantization = quantization_for(config, adapter.method if adapter else None)
+    refuse_pickled_weights(path)  # before transformers could unpickle a .bin
+    model = auto_class.from_pretrained(
+        path,
+        use_safetensors=True,
+        config=hf_config,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        dtype=DTYPES[config.dtype],
+        **quantized_loading(config, quantization, ["lm_head"]),
+    )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if quantization != "none":
+        model = prepare_quantized_model(model)
+    return LoadedModel(model=model, tokenizer=tokenizer, family=family_for(hf_config.model_type, model))
 
 
 def quantized_loading(config: ModelConfig, quantization: str, skip_modules: list[str]) -> dict:

@@ -194,6 +194,10 @@ def load_classifier(path: str | Path, device: str | None = None, base_model: str
         return _load_merged(folder, device)
     folder = find_adapter_dir(folder)
     metadata = json.loads((folder / METADATA_FILE).read_text())
+    if metadata.get("task", "classification") != "classification":
+        raise AdapterFolderError(
+            f"{str(path)!r} was trained for task {metadata['task']!r}, not classification: use peftkit generate"
+        )
     labels = metadata["labels"]
     if base_model is not None:
         check_base_model(metadata, base_model)

@@ -378,7 +378,7 @@ def train_loop(
                 if not finite:
                     continue
                 window.add(loss)
-                result.train_samples += batch["labels"].shape[0] * accelerator.num_processes
+                result.train_samples += _examples(batch) * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
                 result.steps += 1
@@ -420,6 +420,13 @@ def _clip(accelerator: Accelerator, params: list, max_grad_norm: float, need_nor
     if max_grad_norm > 0:
         return accelerator.clip_grad_norm_(params, max_grad_norm)
     return grad_norm(params) if need_norm else None
+
+
+def _examples(batch: dict) -> int:
+    """Examples in `batch`: its rows, or in a packed batch (no attention mask) the position-id restarts."""
+    if "position_ids" in batch and "attention_mask" not in batch:
+        return int((batch["position_ids"] == 0).sum())
+    return batch["labels"].shape[0]
 
 
 def _every(step: int, every: int) -> bool:

@@ -131,3 +131,23 @@ def toy_sentiment(n: int, seed: int = 0) -> list[dict]:
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": "positive" if label else "negative"})
     return rows
+
+
+def save_tiny_generative_model(family: str, path: str | Path, seed: int = 0) -> Path:
+    """A randomly initialised tiny T5 (text-to-text) or LLaMA (causal LM) with its LM head, and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    path = Path(path)
+    tokenizer = build_tokenizer(family)
+    config = build_config(family, len(tokenizer))
+    torch.manual_seed(seed)
+    auto_class = AutoModelForSeq2SeqLM if family == "t5" else AutoModelForCausalLM
+    model = auto_class.from_config(config)
+    if family == "llama":
+        # A trained head's scale: with the init's 0.02, the final norm bounds the logits to about +-0.2, so
+        # no adapter under the frozen LM head could get the loss much below log(vocabulary size).
+        torch.nn.init.normal_(model.lm_head.weight, std=0.2)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -10,11 +10,12 @@ cannot do, with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 
 from peftkit.adapters.bottleneck import build_bottleneck_config
 from peftkit.adapters.ia3 import build_ia3_config
@@ -39,6 +40,13 @@ METHODS: dict[str, Builder] = {
 }
 
 LORA_METHODS = ("lora", "qlora")
+
+# `RunConfig.task` -> the peft task type (the builders write SEQ_CLS; `apply_adapter` swaps it).
+TASK_TYPES = {
+    "classification": TaskType.SEQ_CLS,
+    "seq2seq": TaskType.SEQ_2_SEQ_LM,
+    "causal-lm": TaskType.CAUSAL_LM,
+}
 
 # (method, family kind or model_type) -> why it cannot work; checked with peft 0.21.2 and transformers 5.24.
 UNSUPPORTED: dict[tuple[str, str], str] = {
@@ -74,15 +82,23 @@ _LORA_OPTIONS = {
 }
 
 
-def apply_adapter(model: torch.nn.Module, config: AdapterConfig, family: Family) -> PeftModel:
-    """Attach the adapter of `config.method` to `model`; the classifier head is trained and saved with it."""
-    check_method_supported(config.method, family)
+def apply_adapter(
+    model: torch.nn.Module, config: AdapterConfig, family: Family, task: str = "classification"
+) -> PeftModel:
+    """Attach the adapter of `config.method` to `model`; the classifier head is trained and saved with it.
+
+    `task` (`RunConfig.task`) sets the peft task type; `UNSUPPORTED` lists classifier limits only.
+    """
+    if task == "classification":
+        check_method_supported(config.method, family)
     if config.method == "qlora" and not getattr(model, "is_quantized", False):
         raise ConfigError(
             "adapter.method: qlora needs a quantized base; load it with load_model(..., adapter=config.adapter)"
         )
     prepare_base(model, config.method)
     peft_config = METHODS[config.method](config, model, family)
+    if task != "classification":
+        peft_config = dataclasses.replace(peft_config, task_type=TASK_TYPES[task])
     peft_model = get_peft_model(model, peft_config)
     upcast_trainable(peft_model)  # the head on a 16-bit base trains in float32 too
     trainable, total = count_parameters(peft_model)

@@ -49,10 +49,23 @@ def accept_prefix_cache(model: torch.nn.Module) -> None:
             return
     if "cache" not in inspect.signature(backbone.forward).parameters:
         return  # nothing to hand the prefix to: peft's own error stands
-    model.forward = types.MethodType(_forward_with_prefix, model)
+    model.forward = types.MethodType(_forward_with_prefix(type(model).forward), model)
 
 
-def _forward_with_prefix(self, *args, past_key_values=None, **kwargs):
-    if past_key_values is not None:
-        kwargs["cache"] = past_key_values
-    return type(self).forward(self, *args, **kwargs)
+def _forward_with_prefix(forward):
+    """`forward` taking `past_key_values` as `cache`, with `forward`'s own signature plus that parameter.
+
+    The signature matters beyond peft's check: `generate` validates its keyword arguments against it.
+    """
+
+    def wrapped(self, *args, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            kwargs["cache"] = past_key_values
+        return forward(self, *args, **kwargs)
+
+    signature = inspect.signature(forward)
+    params = [p for p in signature.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    extra = inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)
+    tail = [p for p in signature.parameters.values() if p.kind == inspect.Parameter.VAR_KEYWORD]
+    wrapped.__signature__ = signature.replace(parameters=[*params, extra, *tail])
+    return wrapped

@@ -1,0 +1,189 @@
+"""Evaluation by generation for the generative tasks: greedy decoding, exact match and ROUGE-L.
+
+`evaluate_generative` reports the teacher-forced loss on the references and, from greedy generations,
+`accuracy` (exact match after lower-casing and collapsing whitespace: the metric of classification as
+generation) and `rouge_l` (ROUGE-L F1 on lower-cased whitespace tokens, Lin 2004: the longest common
+subsequence of prediction and reference, as precision/recall F1; for free text).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from peftkit.templates import IGNORE_INDEX, render_text
+
+
+@dataclass
+class GenerationSet:
+    """What evaluation by generation needs for one split: prompt token ids and the reference texts."""
+
+    prompts: list[list[int]]
+    references: list[str]
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize(prediction) == normalize(reference))
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 on lower-cased whitespace tokens (1.0 when both are empty)."""
+    p, r = normalize(prediction).split(), normalize(reference).split()
+    if not p or not r:
+        return float(p == r)
+    lcs = _lcs_length(p, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    batch_size: int,
+    max_new_tokens: int,
+) -> list[str]:
+    """Greedy continuations of the tokenized `prompts`, decoded without special tokens."""
+    decoder_only = not model.config.is_encoder_decoder
+    device = next(model.parameters()).device
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [{"input_ids": ids} for ids in prompts[start : start + batch_size]]
+        # decoder-only models continue from the last position: pad on the left
+        batch = tokenizer.pad(chunk, padding_side="left" if decoder_only else "right", return_tensors="pt")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        output = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+        new = output[:, batch["input_ids"].shape[1] :] if decoder_only else output
+        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+@torch.no_grad()
+def token_losses(model, dataloader: DataLoader, accelerator: Accelerator) -> float:
+    """Mean cross-entropy per target token (the training loss, over the whole split)."""
+    decoder_only = not accelerator.unwrap_model(model).config.is_encoder_decoder
+    total = count = 0.0
+    for batch in dataloader:
+        logits = model(**batch).logits.float()
+        labels = batch["labels"]
+        if decoder_only:  # token t predicts token t + 1
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        sums, counts = accelerator.gather_for_metrics((losses.sum(-1), (labels != IGNORE_INDEX).sum(-1)))
+        total += sums.sum().item()
+        count += counts.sum().item()
+    return total / max(count, 1)
+
+
+def evaluate_generative(
+    model,
+    dataloader: DataLoader,
+    generation: GenerationSet,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+    batch_size: int,
+    max_new_tokens: int,
+) -> dict:
+    """Loss on `dataloader` and generation metrics on `generation`, each process generating for its share."""
+    was_training = model.training
+    model.eval()
+    loss = token_losses(model, dataloader, accelerator)
+    with accelerator.split_between_processes(list(range(len(generation.prompts)))) as share:
+        prompts = [generation.prompts[i] for i in share]
+        mine = generate(accelerator.unwrap_model(model), tokenizer, prompts, batch_size, max_new_tokens)
+    predictions = gather_object(mine) if accelerator.num_processes > 1 else mine
+    model.train(was_training)
+    pairs = list(zip(predictions, generation.references, strict=True))
+    return {
+        "accuracy": sum(exact_match(p, r) for p, r in pairs) / len(pairs),
+        "rouge_l": sum(rouge_l(p, r) for p, r in pairs) / len(pairs),
+        "loss": loss,
+        "samples": len(pairs),
+    }
+
+
+# ---------------------------------------------------------------- a trained run, for the CLI
+
+
+class Generator:
+    """A base model with a trained seq2seq or causal-lm adapter, ready to answer texts (`peftkit generate`)."""
+
+    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, metadata: dict):
+        self.model, self.tokenizer, self.metadata = model, tokenizer, metadata
+
+    def prompts(self, texts: list[str]) -> list[list[int]]:
+        """Token ids the model continues: a causal-lm text is one user turn in the saved chat template."""
+        if self.metadata["task"] == "causal-lm":
+            turns = [[{"role": "user", "content": text}] for text in texts]
+            return [
+                self.tokenizer(render_text(self.tokenizer, t, True), add_special_tokens=False)["input_ids"]
+                for t in turns
+            ]
+        max_length = self.metadata["data"]["max_length"]
+        return self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+    def generate(self, texts: list[str], max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+        return generate(self.model, self.tokenizer, self.prompts(texts), batch_size, max_new_tokens)
+
+
+def load_generator(path: str | Path, device: str | None = None) -> Generator:
+    """Load the base model named in a generative run's (or adapter folder's) metadata, with its adapter."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from peftkit.adapters import prepare_base
+    from peftkit.config import ModelConfig
+    from peftkit.export import METADATA_FILE
+    from peftkit.model import GENERATIVE_CLASSES, quantized_loading, resolve_model_path
+    from peftkit.predict import AdapterFolderError, find_adapter_dir, local_folder
+
+    folder = find_adapter_dir(local_folder(path))
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    task = metadata.get("task")
+    if task not in GENERATIVE_CLASSES:
+        raise AdapterFolderError(
+            f"{str(path)!r} was trained for {task!r}, not generation: use peftkit predict"
+        )
+    quantization = metadata.get("quantization") or {}
+    model_config = ModelConfig(**{k: v for k, v in quantization.items() if k.startswith("bnb_4bit")})
+    base = GENERATIVE_CLASSES[task][0].from_pretrained(
+        resolve_model_path(metadata["base_model"]),
+        revision=metadata.get("base_model_revision"),
+        **quantized_loading(model_config, quantization.get("mode", "none"), ["lm_head"]),
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if len(tokenizer) > base.get_input_embeddings().num_embeddings:
+        base.resize_token_embeddings(len(tokenizer))
+    prepare_base(base, metadata.get("method", ""))
+    model = PeftModel.from_pretrained(base, folder).eval()
+    if not quantization:  # bitsandbytes places quantized weights itself
+        model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return Generator(model, tokenizer, metadata)
