@@ -97,6 +97,10 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune a classifier as `config` says and return its metrics and output folder."""
     config = build_config(config, overrides, **fields)
+    if config.data.tasks:  # one backbone, a head per task (strategies/multitask.py)
+        from peftkit.strategies.multitask import finetune_multitask
+
+        return finetune_multitask(config)
     t = config.training
     accelerator = Accelerator(
         gradient_accumulation_steps=t.gradient_accumulation_steps,
