@@ -54,6 +54,9 @@ def task_files(args, folder: Path) -> dict[str, Path]:
     files = {"a_train": write_tsv(folder / "a_train.tsv", sst2[: args.train_size])}
     for split in ("train", "test"):
         cr = read_tsv(f"{args.cr}/{split}.tsv")
+        if split == "train" and args.cr_size:
+            random.Random(args.seed).shuffle(cr)
+            cr = cr[: args.cr_size]
         files[f"complaint_{split}"] = write_tsv(
             folder / f"complaint_{split}.tsv", [(1 - y, t) for y, t in cr]
         )
@@ -84,7 +87,7 @@ def markdown(record: dict) -> str:
     )
     lines += [
         f"Task A: {s['train_size']} SST-2 sentences, {s['epochs_a']:g} epochs, lr {s['learning_rate']:g}: "
-        f"SST-2 dev accuracy **{a['dev_accuracy']:.4f}**. Task B: CR train ({s['epochs_b']:g} epoch(s), same lr), "
+        f"SST-2 dev accuracy **{a['dev_accuracy']:.4f}**. Task B: {s['cr_size'] or 'all'} CR training reviews ({s['epochs_b']:g} epoch(s), same lr), "
         f"EWC lambda {s['ewc_lambda']:g} (Fisher from {s['ewc_fisher_batches']} batches), L2-SP lambda "
         f"{s['l2sp_lambda']:g}, replay ratio {s['replay_ratio']:g}.",
         "",
@@ -107,6 +110,7 @@ def main() -> None:
     parser.add_argument("--cr", required=True, help="folder with CR train.tsv and test.tsv")
     parser.add_argument("--model", default="bundled:all-MiniLM-L6-v2")
     parser.add_argument("--train-size", type=int, default=4000, help="task-A (SST-2) training sentences")
+    parser.add_argument("--cr-size", type=int, help="task-B training reviews (a seeded sample; default: all)")
     parser.add_argument("--epochs-a", type=float, default=2)
     parser.add_argument("--epochs-b", type=float, default=1)
     parser.add_argument("--learning-rate", type=float, default=5e-5)

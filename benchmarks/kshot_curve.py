@@ -3,7 +3,7 @@
 For each k (examples per class) and seed, `data.k_shot` draws k positive and k negative SST-2 training
 sentences with that seed; the model trains on them and is scored on SST-2 dev. Feature extraction: a
 linear head on mean-pooled MiniLM features, 50 epochs, lr 1e-2 (the dev features are cached on disk once
-and shared by every run). LoRA (r 8): batch 8, 20 epochs, lr 2e-3, warmup 10%
+and shared by every run). LoRA (r 8): batch 8, `--lora-epochs` (20) epochs, lr 2e-3, warmup 10%
 (`recipes/transfer/fewshot_minilm_tickets.yaml` without augmentation). The table gives the mean and the
 min-max over seeds.
 
@@ -26,8 +26,7 @@ METHODS = {
         "training.num_epochs=50", "training.warmup_ratio=0.0", "training.batch_size=8",
     ],
     "lora": [
-        "adapter.method=lora", "adapter.r=8", "training.learning_rate=2e-3", "training.num_epochs=20",
-        "training.batch_size=8",
+        "adapter.method=lora", "adapter.r=8", "training.learning_rate=2e-3", "training.batch_size=8",
     ],
 }  # fmt: skip
 
@@ -58,11 +57,13 @@ def main() -> None:
     parser.add_argument("--ks", default="8,16,32,64")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--lora-epochs", type=int, default=20)
     parser.add_argument("--output", default=str(HERE / "results" / "kshot_curve_cpu"))
     args = parser.parse_args()
     ks, seeds = [int(k) for k in args.ks.split(",")], [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
     settings = {"sst2": args.sst2, "model": args.model, "ks": ks, "seeds": seeds, "methods": METHODS}
+    settings["lora_epochs"] = args.lora_epochs
     record = {"environment": environment(), "command": command_line(), "settings": settings, "runs": []}
     record["curve"] = {m: {} for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,6 +73,7 @@ def main() -> None:
                     out = str(Path(tmp) / method)  # features: the dev-set cache is shared by the runs
                     values = sst2_config(args.sst2, args.model, None, out)
                     options = [*METHODS[method], f"data.k_shot={k}", f"training.seed={seed}"]
+                    options += [f"training.num_epochs={args.lora_epochs}"] if method == "lora" else []
                     run = run_finetune(values, options) | {"method": method, "k": k, "seed": seed}
                     record["runs"].append(run)
                     record["curve"][method].setdefault(str(k), []).append(run["dev_accuracy"])

@@ -4,7 +4,7 @@ gradual unfreezing and layer-wise learning-rate decay.
 Every strategy trains on the same SST-2 sentences (seeded shuffle, first N rows) for the same number of
 epochs and batch size, and is scored once on SST-2 dev. Feature extraction trains only a linear head on
 mean-pooled features cached once, so it also gets a row with 10x the epochs (an epoch of it costs a linear
-layer). The learning rate is each strategy's usual one. With `--repeats` > 1 the strategies alternate
+layer). Full fine-tuning and its two variants share one learning rate (1e-4); LoRA and the head use theirs. With `--repeats` > 1 the strategies alternate
 (full, lora, ..., full, lora, ...) and the table gives median train seconds. Train seconds are the loop's
 (for features: training the head; the one-off extraction is in the wall seconds, with loading and scoring).
 
@@ -20,7 +20,7 @@ import tempfile
 from common import command_line, header, run_finetune, sst2_config, write_record
 from methods_table import HERE, environment
 
-FULL = {"adapter.method": "full", "training.learning_rate": 5e-5}
+FULL = {"adapter.method": "full", "training.learning_rate": 1e-4}
 STRATEGIES = {
     "full": FULL,
     "lora": {"adapter.method": "lora", "training.learning_rate": 1e-3},
