@@ -56,9 +56,8 @@ def markdown(record: dict) -> str:
         "| strategy | epochs | lr | trainable params | % of the model | train s (median) | wall s | dev accuracy |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    model_params = max(
-        r["total_params"] for runs in record["runs"].values() for r in runs
-    )  # features: head only
+    totals = {name: runs[0]["total_params"] for name, runs in record["runs"].items()}
+    model_params = totals.get("full", max(totals.values()))  # features: the head only; LoRA: + the adapter
     for name, runs in record["runs"].items():
         r = runs[0]
         train_s = statistics.median(x["train_seconds"] for x in runs)
