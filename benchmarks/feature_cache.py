@@ -8,7 +8,8 @@ epoch and the ratio. The one-off extraction time is printed too (the cache pays 
 after about one epoch).
 
     python benchmarks/feature_cache.py --tiny --epochs 5                        # tiny BERT, toy data
-    python benchmarks/feature_cache.py --model bundled:all-MiniLM-L6-v2 --train-file FILE.csv --epochs 5
+    python benchmarks/feature_cache.py --train-file ../shared/data/sst2/train.tsv --text-column sentence \
+        --rows 2000 --epochs 5                                                  # MiniLM on SST-2
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def load(args):
         args.train_file = str(conftest.write_csv(root / "train.csv", tiny.toy_sentiment(args.rows, seed=1)))
     model_config = ModelConfig(name_or_path=args.model)
     tokenizer = load_tokenizer(model_config)
-    raw = load_raw_splits(DataConfig(train_file=args.train_file, max_length=args.max_length), seed=0)
-    rows = tokenize(raw.train, tokenizer, raw.labels, DataConfig(max_length=args.max_length))[: args.rows]
+    data = DataConfig(train_file=args.train_file, max_length=args.max_length, text_column=args.text_column)
+    raw = load_raw_splits(data, seed=0)
+    rows = tokenize(raw.train, tokenizer, raw.labels, data)[: args.rows]
     model = load_model(model_config, raw.labels, tokenizer).model.requires_grad_(False).eval()
     return model, tokenizer, rows, len(raw.labels)
 
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny random BERT and toy data (no downloads)")
     parser.add_argument("--model", default="bundled:all-MiniLM-L6-v2")
     parser.add_argument("--train-file")
+    parser.add_argument("--text-column", default="text", help="`sentence` for SST-2's train.tsv")
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)

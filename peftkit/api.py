@@ -101,6 +101,10 @@ def finetune(
         from peftkit.generative import finetune_generative
 
         return finetune_generative(config)
+    if config.data.tasks:  # one backbone, a head per task (strategies/multitask.py)
+        from peftkit.strategies.multitask import finetune_multitask
+
+        return finetune_multitask(config)
     t = config.training
     accelerator = Accelerator(
         gradient_accumulation_steps=t.gradient_accumulation_steps,

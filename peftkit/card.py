@@ -20,6 +20,7 @@ METHOD_NAMES = {
     "bottleneck": ("bottleneck", "bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2020)"),
     "prefix": ("prefix-tuning", "prefix tuning (Li & Liang 2021)"),
     "prompt": ("prompt-tuning", "prompt tuning (Lester et al. 2021)"),
+    "full": ("full fine-tuning", "full fine-tuning (every weight trains, no adapter)"),
 }
 # recipe fields that describe each method (config.AdapterConfig)
 METHOD_FIELDS = {
@@ -128,7 +129,8 @@ def _eval_results(data: dict, metrics: dict) -> list[EvalResult]:
 
 def _name(metadata: dict, merged: bool) -> str:
     base = metadata["base_model_id"].split("/")[-1]
-    return f"{base}-{metadata['method']}-classifier" + ("-merged" if merged else "")
+    merged_adapter = merged and metadata["method"] != "full"  # a fully fine-tuned model has nothing merged
+    return f"{base}-{metadata['method']}-classifier" + ("-merged" if merged_adapter else "")
 
 
 def _title(metadata: dict, merged: bool) -> str:
@@ -139,6 +141,8 @@ def _title(metadata: dict, merged: bool) -> str:
         if merged
         else f"a {_method_name(metadata)} adapter for `{metadata['base_model_id']}`, with its classifier head"
     )
+    if metadata["method"] == "full":
+        what = f"every weight of `{metadata['base_model_id']}` fine-tuned: a plain transformers model, no peft needed"
     return (
         f"# {_name(metadata, merged)}\n\n"
         f"A text classifier fine-tuned with peftkit: {what}. "

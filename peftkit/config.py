@@ -95,6 +95,20 @@ class AdapterConfig:
 
 
 @dataclass
+class TaskConfig:
+    """One task of a multi-task run (`data.tasks`): its own files, columns and labels, and its own head."""
+
+    name: str = ""
+    """Short unique name: the key of the task's head and of its metrics (`NAME/accuracy`)."""
+    train_file: str = ""
+    validation_file: str | None = None
+    """When empty, `data.validation_ratio` of the task's training data is carved off with `training.seed`."""
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: list[str] | None = None
+
+
+@dataclass
 class DataConfig:
     train_file: str | None = None
     """Local CSV/TSV/JSON/JSONL/Parquet file, or `bundled:NAME/FILE` for data shipped in `peftkit/bundled`."""
@@ -155,6 +169,9 @@ class DataConfig:
     packing: bool = False
     """`task: causal-lm`: train on each batch packed into one row, position ids restarting per example, so no
     padding is computed and examples do not attend to each other (same loss as unpacked)."""
+    tasks: list[TaskConfig] | None = None
+    """Multi-task transfer (`strategies/multitask.py`): one backbone and adapter, one head per task, batches
+    drawn task by task as `training.task_sampling` says. Replaces `train_file` and the column settings."""
 
 
 @dataclass
@@ -216,6 +233,11 @@ class TrainingConfig:
     AdamW rescales the penalty's gradient like the task's, so start small (1e-4 to 1e-2), not the paper's SGD 0.1."""
     max_new_tokens: int = 32
     """`task: seq2seq` / `causal-lm`: tokens generated per example when evaluating by generation (greedy)."""
+    task_sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
+    """Multi-task runs: the task of each batch is drawn with p_i proportional to n_i (its training rows),
+    to n_i^(1/task_temperature), or uniformly."""
+    task_temperature: float = 2.0
+    """`task_sampling: temperature`: T > 1 flattens the task mix towards uniform (T=1: proportional)."""
     feature_cache: Literal["disk", "memory"] = "disk"
     """`adapter.method: features`: keep the features in memory only, or also in `output_dir/features/`
     (safetensors, keyed by a fingerprint of model, data, pooling and max_length; reused by later runs)."""
@@ -265,6 +287,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             choices = ", ".join(repr(a) for a in args)
             raise ConfigError(f"{key}: {value!r} is not one of {choices}")
         return value
+    if dataclasses.is_dataclass(annotation):  # a list of sections (data.tasks)
+        return value if isinstance(value, annotation) else _build(annotation, value, f"{key}.")
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: {value!r} is not a list")
@@ -388,7 +412,9 @@ def validate(config: RunConfig) -> RunConfig:
     from peftkit.generative import check_task
 
     check_task(config)  # fields of the generative tasks (seq2seq, causal-lm), refused elsewhere
-    if not d.train_file and not d.dataset:
+    if d.tasks and config.task != "classification":
+        raise ConfigError(f"data.tasks: multi-task heads are for task: classification, not {config.task!r}")
+    if not d.train_file and not d.dataset and not d.tasks:
         raise ConfigError("data: set data.train_file (a local file) or data.dataset (a Hub dataset id)")
     if d.train_file and d.dataset:
         raise ConfigError("data: set only one of data.train_file and data.dataset")

@@ -144,7 +144,13 @@ def export_model(
     """
     from peftkit.predict import find_adapter_dir  # predict loads what this module writes
 
-    folder = find_adapter_dir(path)
+    full = full_model_dir(path)
+    if full is not None:  # full fine-tuning: already a plain transformers model, copied with a card
+        if merged or dtype != "float32" or requantize:
+            raise ExportError(
+                "a fully fine-tuned model has no adapter to merge: drop --merged, --dtype, --requantize"
+            )
+    folder = full or find_adapter_dir(path)
     metadata = json.loads((folder / METADATA_FILE).read_text())
     if metadata.get("task", "classification") != "classification":
         raise ExportError(
@@ -157,7 +163,10 @@ def export_model(
     if not merged and (dtype != "float32" or requantize):
         raise ExportError("--dtype and --requantize apply to merged exports (--merged), not to --adapter")
     portable = portable_metadata(metadata, base_model_id)
-    if merged:
+    if full is not None:
+        check = None
+        _export_full(folder, record, portable, output, license)
+    elif merged:
         from peftkit.merge import export_merged
 
         check = export_merged(
@@ -192,6 +201,26 @@ def _export_adapter(
         write_json(tmp / METADATA_FILE, portable | {"format": "adapter"})
         card = model_card(portable, record, merged=False, license=license, peft_config=config)
         (tmp / CARD_FILE).write_text(card)
+
+
+def full_model_dir(path: str | Path) -> Path | None:
+    """The model folder of a full fine-tuning run (the run folder or its `model/`), or None."""
+    for folder in (Path(path) / "model", Path(path)):
+        meta = folder / METADATA_FILE
+        if meta.is_file() and json.loads(meta.read_text()).get("format") == "full":
+            return folder
+    return None
+
+
+def _export_full(folder: Path, record: dict | None, portable: dict, output: Path, license: str) -> None:
+    from peftkit.card import model_card
+
+    with atomic_dir(output) as tmp:
+        for file in folder.iterdir():
+            if file.is_file() and file.name != CARD_FILE:
+                shutil.copy2(file, tmp / file.name)
+        write_json(tmp / METADATA_FILE, portable | {"format": "full"})
+        (tmp / CARD_FILE).write_text(model_card(portable, record, merged=True, license=license))
 
 
 def load_run_record(adapter_dir: Path) -> dict | None:

@@ -189,7 +189,11 @@ def load_classifier(path: str | Path, device: str | None = None, base_model: str
     folder = local_folder(path)
     if (folder / "model" / METADATA_FILE).is_file():  # the run folder of full fine-tuning
         folder = folder / "model"
+    if (folder / "head" / METADATA_FILE).is_file():  # the run folder of feature extraction
+        folder = folder / "head"
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if _format(folder) == "features":
+        return _load_feature_head(folder, device)
     if _is_merged(folder):
         return _load_merged(folder, device)
     folder = find_adapter_dir(folder)
@@ -241,6 +245,20 @@ def _is_merged(folder: Path) -> bool:
     """A merged export or a fully fine-tuned model: a plain transformers model folder."""
     meta = folder / METADATA_FILE
     return meta.is_file() and json.loads(meta.read_text()).get("format") in ("merged", "full")
+
+
+def _format(folder: Path) -> str | None:
+    meta = folder / METADATA_FILE
+    return json.loads(meta.read_text()).get("format") if meta.is_file() else None
+
+
+def _load_feature_head(folder: Path, device: torch.device) -> Classifier:
+    """A feature-extraction run's head (`adapter.method: features`) on its frozen base model."""
+    from peftkit.strategies.features import load_feature_classifier
+
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    model = load_feature_classifier(folder, metadata).to(device)
+    return Classifier(model, AutoTokenizer.from_pretrained(folder), metadata, device)
 
 
 def _load_merged(folder: Path, device: torch.device) -> Classifier:

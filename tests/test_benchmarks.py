@@ -75,3 +75,52 @@ def test_memory_benchmark_has_a_row_per_method(tiny_models, tmp_path):
     results = json.loads(output.read_text())["results"]
     assert set(results) == {"full", "lora", "qlora"}
     assert results["lora"]["trainable"] < results["full"]["trainable"]
+
+
+def test_transfer_table_has_a_row_per_strategy(tiny_models, tmp_path):
+    sst2, output = write_sst2(tmp_path / "sst2"), tmp_path / "table"
+    run_script(
+        "transfer_table.py", "--sst2", str(sst2), "--model", str(tiny_models["bert"]), "--train-size", "32",
+        "--epochs", "1", "--output", str(output),
+    )  # fmt: skip
+    runs = json.loads(output.with_name("table.json").read_text())["runs"]
+    assert list(runs) == [
+        "full", "lora", "features", "features-10x-epochs", "gradual_unfreezing", "layerwise_decay"
+    ]  # fmt: skip
+    full, lora, features = runs["full"][0], runs["lora"][0], runs["features"][0]
+    assert full["train_samples"] == 32 and runs["features-10x-epochs"][0]["train_samples"] == 320
+    assert features["trainable_params"] < lora["trainable_params"] < full["trainable_params"]
+    assert all(0.0 <= r[0]["dev_accuracy"] <= 1.0 for r in runs.values())
+    assert "| layerwise_decay | 1 |" in output.with_name("table.md").read_text()
+
+
+def test_forgetting_scores_task_a_after_each_task_b_run(tiny_models, tmp_path):
+    sst2, output = write_sst2(tmp_path / "sst2"), tmp_path / "forgetting"
+    cr = tmp_path / "cr"
+    cr.mkdir()
+    (cr / "train.tsv").write_text((sst2 / "train.tsv").read_text())
+    (cr / "test.tsv").write_text((sst2 / "dev.tsv").read_text())
+    run_script(
+        "forgetting.py", "--sst2", str(sst2), "--cr", str(cr), "--model", str(tiny_models["bert"]),
+        "--train-size", "32", "--ewc-fisher-batches", "1", "--mitigations", "none,replay", "--output", str(output),
+    )  # fmt: skip
+    record = json.loads(output.with_name("forgetting.json").read_text())
+    assert set(record["runs"]) == {"none", "replay"}
+    assert record["task_a"]["train_samples"] == 64  # 32 sentences, 2 epochs
+    for run in record["runs"].values():  # task A is the test split of every task-B run
+        assert 0.0 <= run["test_accuracy"] <= 1.0 and run["train_samples"] > 0
+    assert record["runs"]["replay"]["train_samples"] > record["runs"]["none"]["train_samples"]
+
+
+def test_kshot_curve_has_k_examples_per_class(tiny_models, tmp_path):
+    sst2, output = write_sst2(tmp_path / "sst2"), tmp_path / "kshot"
+    run_script(
+        "kshot_curve.py", "--sst2", str(sst2), "--model", str(tiny_models["bert"]), "--ks", "2,4", "--seeds", "1",
+        "--output", str(output),
+    )  # fmt: skip
+    record = json.loads(output.with_name("kshot.json").read_text())
+    assert set(record["curve"]) == {"features", "lora"}
+    for run in record["runs"]:
+        epochs = 50 if run["method"] == "features" else 20
+        assert run["train_samples"] == 2 * run["k"] * epochs
+    assert "| 4 |" in output.with_name("kshot.md").read_text()

@@ -10,6 +10,7 @@ loop (`train.train_loop`) calls:
 | `training.gradual_unfreezing` | `unfreeze.py` | a step hook |
 | `training.ewc_lambda`, `training.l2sp_lambda` | `regularizers.py` | a penalty added to the loss |
 | `data.replay_ratio`, `data.k_shot`, `data.augment` | `sampling.py` | training rows and batches |
+| `data.tasks`, `training.task_sampling` | `multitask.py` | a model with one head per task, single-task batches |
 
 Layer groups (`layers.py`) are what the layer-wise strategies act on.
 """
@@ -118,6 +119,10 @@ def check_strategies(config: RunConfig) -> None:
             "(same columns, labels within the target's label set)"
         )
     _check_sampling(d)
+    if d.tasks is not None:
+        from peftkit.strategies.multitask import check_multitask
+
+        check_multitask(config)
     if a.method == "features":
         _check_features(config)
 

@@ -193,3 +193,41 @@ def save_feature_head(head: LinearHead, tokenizer, metadata: dict, folder: str |
         tokenizer.save_pretrained(tmp)
         write_json(tmp / METADATA_FILE, metadata | {"format": "features", "pooling": head.pooling})
     return Path(folder)
+
+
+# ---------------------------------------------------------------- predicting with a trained head
+
+
+class FeatureClassifier(torch.nn.Module):
+    """The frozen backbone, pooled as in training, and the trained `LinearHead`: text in, logits out."""
+
+    def __init__(self, backbone: torch.nn.Module, head: LinearHead, pooling: str):
+        super().__init__()
+        self.backbone, self.head, self.pooling = backbone, head, pooling
+        self._token_types = _takes_token_types(backbone)
+
+    def forward(
+        self, input_ids, attention_mask, token_type_ids=None, labels=None
+    ) -> SequenceClassifierOutput:
+        extra = {"token_type_ids": token_type_ids} if self._token_types and token_type_ids is not None else {}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        return self.head(pool(hidden, attention_mask, self.pooling).float(), labels)
+
+
+def load_feature_classifier(folder: str | Path, metadata: dict) -> FeatureClassifier:
+    """The base model named in `metadata` (a `save_feature_head` folder's peftkit.json) with the saved head."""
+    from transformers import AutoModelForSequenceClassification
+
+    from peftkit.model import resolve_model_path
+
+    labels = metadata["labels"]
+    base = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(metadata["base_model"]),
+        revision=metadata.get("base_model_revision"),
+        num_labels=len(labels),
+        pad_token_id=metadata["pad_token_id"],
+    )  # its own head is not used: only the backbone's pooled states feed the saved one
+    state = load_file(str(Path(folder) / "head.safetensors"))
+    head = LinearHead(state["classifier.weight"].shape[1], len(labels))
+    head.load_state_dict(state)
+    return FeatureClassifier(backbone_of(base), head, metadata["pooling"]).eval()

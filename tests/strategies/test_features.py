@@ -81,3 +81,17 @@ def test_features_options_are_validated(section, key, value, message):
         message = "model.pooling: 'cls' applies to adapter.method: features"
     with pytest.raises(ConfigError, match=message):
         validate(config)
+
+
+def test_predict_with_a_features_head(features_run, toy_files):
+    import csv
+
+    from peftkit.predict import load_classifier
+
+    clf = load_classifier(features_run.output_dir, device="cpu")  # the run folder: its head/ is found
+    assert clf.metadata["format"] == "features" and clf.labels == features_run.labels
+    rows = list(csv.DictReader(toy_files["validation"].open()))
+    predictions = clf.predict([r["text"] for r in rows])
+    accuracy = sum(p.label == r["label"] for p, r in zip(predictions, rows, strict=True)) / len(rows)
+    assert accuracy == pytest.approx(features_run.metrics["validation"]["accuracy"], abs=1.5 / len(rows))
+    assert accuracy > 0.7

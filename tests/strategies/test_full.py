@@ -51,3 +51,21 @@ def test_saved_model_loads_with_same_logits(full_run):
     with torch.no_grad():
         assert torch.allclose(plain(**batch).logits, expected, atol=1e-5)
     assert plain.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_export_of_a_full_run_is_a_plain_model_with_a_card(full_run, tmp_path):
+    from peftkit.export import ExportError, export_model
+
+    family, result = full_run
+    exported = export_model(result.output_dir, tmp_path / "export", base_model_id=f"org/{family}")
+    files = set(exported.files)
+    assert {"model.safetensors", "config.json", "peftkit.json", "README.md", "tokenizer.json"} <= files
+    meta = json.loads((exported.output_dir / "peftkit.json").read_text())
+    assert meta["format"] == "full" and meta["base_model_id"] == f"org/{family}"
+    card = (exported.output_dir / "README.md").read_text()
+    assert "every weight of `org/" in card and "merged" not in card.split("\n# ")[1].split("\n")[0]
+    texts = [r["text"] for r in tiny.toy_sentiment(6, seed=8)]
+    expected = load_classifier(result.output_dir, device="cpu").logits(texts)
+    assert torch.equal(load_classifier(exported.output_dir, device="cpu").logits(texts), expected)
+    with pytest.raises(ExportError, match="no adapter to merge"):
+        export_model(result.output_dir, tmp_path / "merged", merged=True)
