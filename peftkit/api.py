@@ -23,6 +23,11 @@ from peftkit.adapters import apply_adapter, count_parameters
 from peftkit.checkpoint import Checkpoints
 from peftkit.config import ConfigError, RunConfig, apply_overrides, config_from_dict, load_recipe, validate
 from peftkit.data import load_raw_splits, make_dataloader, tokenize
+from peftkit.domain import LOSS_METHODS, STAGED_METHODS
+from peftkit.domain.features import read_target_texts
+from peftkit.domain.stages import run_staged
+from peftkit.domain.terms import add_loss_term
+from peftkit.domain.terms import summary as domain_summary
 from peftkit.evaluate import evaluate
 from peftkit.export import adapter_metadata, save_adapter
 from peftkit.io import write_json
@@ -44,6 +49,7 @@ from peftkit.train import (
     full_state_dict,
     prepare_for_training,
     resolve_mixed_precision,
+    total_steps,
     train_loop,
     use_cpu_backend,
 )
@@ -97,6 +103,8 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune a classifier as `config` says and return its metrics and output folder."""
     config = build_config(config, overrides, **fields)
+    if config.domain.method in STAGED_METHODS:  # several trainings, each a finetune call (peftkit.domain)
+        return run_staged(config)
     t = config.training
     accelerator = Accelerator(
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -107,6 +115,7 @@ def finetune(
     checkpoints = Checkpoints.for_run(config, accelerator)  # refuses a mismatched resume before any loading
     set_seed(t.seed)
     raw = training_split(load_raw_splits(config.data, t.seed), config)  # k-shot, augmentation
+    target_texts = read_target_texts(config) if config.domain.method in LOSS_METHODS else None
     tokenizer = load_tokenizer(config.model)
     rows = {name: tokenize(split, tokenizer, raw.labels, config.data) for name, split in _splits(raw).items()}
     loaded = load_model(config.model, raw.labels, tokenizer, config.adapter)
@@ -140,6 +149,11 @@ def finetune(
     num_labels = len(raw.labels)
     ewc_batches = fisher_batches(source, tokenizer, config, accelerator.device) if t.ewc_lambda > 0 else None
     strategies = build_strategies(config, model, len(train_dl) // t.gradient_accumulation_steps, ewc_batches)
+    if target_texts is not None:  # DANN, CORAL, MMD: a loss term on a target batch at every step
+        steps = total_steps(t, len(train_dl))
+        domain_term = add_loss_term(
+            strategies, config, model, tokenizer, loaded.family, target_texts, accelerator.device, steps
+        )
 
     output_dir = Path(t.output_dir)
     resume_step = checkpoints.resume_step if checkpoints else None
@@ -164,6 +178,8 @@ def finetune(
         else evaluate(model, eval_dl, accelerator, num_labels)
     )
     metrics = {"validation": validation, "train": _train_metrics(result)}
+    if target_texts is not None:
+        metrics["domain"] = domain_summary(domain_term)
     if "test" in rows:
         test_dl = accelerator.prepare(loader("test", t.eval_batch_size, shuffle=False))
         metrics["test"] = evaluate(model, test_dl, accelerator, num_labels)
