@@ -75,3 +75,33 @@ def test_memory_benchmark_has_a_row_per_method(tiny_models, tmp_path):
     results = json.loads(output.read_text())["results"]
     assert set(results) == {"full", "lora", "qlora"}
     assert results["lora"]["trainable"] < results["full"]["trainable"]
+
+
+def write_cr(folder: Path) -> Path:
+    folder.mkdir()
+    for name, n, seed in (("train.tsv", 48, 4), ("test.tsv", 24, 5)):
+        rows = [
+            f"{int(r['label'] == 'positive')}\t{r['text']} product" for r in tiny.toy_sentiment(n, seed=seed)
+        ]
+        (folder / name).write_text("label\tsentence\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+def test_domain_shift_scores_every_run_on_the_target(tiny_models, tmp_path):
+    sst2, cr, output = write_sst2(tmp_path / "sst2"), write_cr(tmp_path / "cr"), tmp_path / "shift"
+    runs = "source_only,target_supervised,dapt,intermediate,self_training,dann,coral"
+    run_script(
+        "domain_shift.py", "--sst2", str(sst2), "--cr", str(cr), "--model", str(tiny_models["bert"]),
+        "--train-size", "32", "--target-small", "16", "--pretrain-steps", "2", "--runs", runs,
+        "--output", str(output),
+    )  # fmt: skip
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert [r["run"] for r in record["runs"]] == runs.split(",")
+    by_run = {r["run"]: r for r in record["runs"]}
+    for run in record["runs"]:
+        assert 0.0 <= run["cr_test_accuracy"] <= 1.0 and run["train_samples"] > 0
+    assert by_run["source_only"]["train_samples"] == 32 and by_run["target_supervised"]["train_samples"] == 43
+    assert by_run["source_only"].get("gap_closed", 0.0) == 0.0  # absent when the two bounds tie
+    assert by_run["dapt"]["domain"]["report"]["target_texts"] == 48
+    assert record["environment"]["command"].startswith("python benchmarks/domain_shift.py")
+    assert "| dann |" in output.with_suffix(".md").read_text()
