@@ -165,12 +165,43 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_child(name: str) -> dict:
+    """`name` run in its own process (its own peak memory; a crash loses only that run)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        child = Path(tmp) / "run.json"
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--child-output", str(child)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"run": name, "error": proc.stderr[-3000:]}
+        return json.loads(child.read_text())
+
+
+def merge(paths: list[str], output: Path) -> None:
+    """One record from several invocations' JSON (runs split over processes run side by side), in RUNS order."""
+    records = [json.loads(Path(p).read_text()) for p in paths]
+    runs = {r["run"]: r for record in records for r in record["runs"] if "error" not in r}
+    done = [runs[name] for name in RUNS if name in runs]
+    gap_closed(done)
+    environment = records[0]["environment"] | {
+        "command": " && ".join(r["environment"]["command"] for r in records),
+        "commits": sorted({r["environment"]["commit"] for r in records}),
+    }
+    record = {
+        "environment": environment,
+        "settings": records[0]["settings"] | {"runs": list(runs)},
+        "runs": done,
+    }
+    output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    output.with_suffix(".md").write_text(markdown(record))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sst2", required=True, help="folder with SST-2 train.tsv and dev.tsv")
-    parser.add_argument("--cr", required=True, help="folder with CR train.tsv and test.tsv")
+    parser.add_argument("--merge", nargs="+", help="only merge these result JSONs into --output")
+    parser.add_argument("--sst2", help="folder with SST-2 train.tsv and dev.tsv")
+    parser.add_argument("--cr", help="folder with CR train.tsv and test.tsv")
     parser.add_argument(
         "--model", default=None, help="model instead of the recipes' MiniLM (tests: a tiny one)"
     )
@@ -182,12 +213,18 @@ def main() -> None:
     parser.add_argument(
         "--output", default=str(HERE / "results" / "domain_shift_cpu"), help="path without suffix"
     )
+    parser.add_argument("--in-process", action="store_true", help="all runs in this process (quick checks)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-output", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.output))
+        return
     if args.child:
         Path(args.child_output).write_text(json.dumps(run_one(args.child, args)))
         return
+    if not args.sst2 or not args.cr:
+        parser.error("--sst2 and --cr are required (the data folders)")
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
     unknown = [n for n in names if n not in RUNS]
     if unknown:
@@ -198,20 +235,13 @@ def main() -> None:
     settings["cr_test"] = sum(1 for _ in open(Path(args.cr) / "test.tsv")) - 1
     record = {"environment": environment(), "settings": settings, "runs": []}
     for name in names:
-        with tempfile.TemporaryDirectory() as tmp:
-            child = Path(tmp) / "run.json"
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--child", name, "--child-output", str(child)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"{name}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
-                record["runs"].append({"run": name, "error": proc.stderr[-1000:]})
-                continue
-            run = json.loads(child.read_text())
+        run = run_one(name, args) if args.in_process else run_child(name)
         record["runs"].append(run)
-        print(
-            f"{name}: CR test accuracy {run['cr_test_accuracy']:.4f} ({run['wall_seconds']:.0f} s)",
-            flush=True,
-        )
+        if "error" in run:
+            print(f"{name}: failed\n{run['error']}", file=sys.stderr)
+        else:
+            accuracy, seconds = run["cr_test_accuracy"], run["wall_seconds"]
+            print(f"{name}: CR test accuracy {accuracy:.4f} ({seconds:.0f} s)", flush=True)
         done = [r for r in record["runs"] if "error" not in r]
         gap_closed(done)
         output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

@@ -24,9 +24,8 @@ from peftkit.checkpoint import Checkpoints
 from peftkit.config import ConfigError, RunConfig, apply_overrides, config_from_dict, load_recipe, validate
 from peftkit.data import load_raw_splits, make_dataloader, tokenize
 from peftkit.domain import LOSS_METHODS, STAGED_METHODS
-from peftkit.domain.features import read_target_texts
 from peftkit.domain.stages import run_staged
-from peftkit.domain.terms import add_loss_term
+from peftkit.domain.terms import add_loss_term, loss_term_texts
 from peftkit.domain.terms import summary as domain_summary
 from peftkit.evaluate import evaluate
 from peftkit.export import adapter_metadata, save_adapter
@@ -115,7 +114,8 @@ def finetune(
     checkpoints = Checkpoints.for_run(config, accelerator)  # refuses a mismatched resume before any loading
     set_seed(t.seed)
     raw = training_split(load_raw_splits(config.data, t.seed), config)  # k-shot, augmentation
-    target_texts = read_target_texts(config) if config.domain.method in LOSS_METHODS else None
+    n = accelerator.num_processes
+    target_texts = loss_term_texts(config, n) if config.domain.method in LOSS_METHODS else None
     tokenizer = load_tokenizer(config.model)
     rows = {name: tokenize(split, tokenizer, raw.labels, config.data) for name, split in _splits(raw).items()}
     loaded = load_model(config.model, raw.labels, tokenizer, config.adapter)

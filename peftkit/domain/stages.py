@@ -14,10 +14,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
-from peftkit.config import RunConfig
+from peftkit.config import ConfigError, RunConfig
 from peftkit.domain.features import read_target_texts
 from peftkit.domain.selftrain import predict_probabilities, pseudo_labels
 
@@ -28,6 +29,8 @@ def run_staged(config: RunConfig):
     """Run the staged `domain.method` of `config` (validated) and return the last stage's FinetuneResult."""
     from peftkit.data import load_raw_splits
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # stages save and reload merged bases from one process
+        raise ConfigError(f"domain.method: {config.domain.method} runs on one process only for now")
     raw = load_raw_splits(config.data, config.training.seed)  # data errors surface before any training
     runner = {"dapt": _dapt, "intermediate": _intermediate, "self_training": _self_training}
     return runner[config.domain.method](config, raw)

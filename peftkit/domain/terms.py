@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from peftkit.config import RunConfig
+from peftkit.config import ConfigError, RunConfig
 from peftkit.domain.alignment import AlignmentPenalty
 from peftkit.domain.dann import DANN
-from peftkit.domain.features import PooledFeatures, target_batches
+from peftkit.domain.features import PooledFeatures, read_target_texts, target_batches
 from peftkit.families import Family
+
+
+def loss_term_texts(config: RunConfig, num_processes: int) -> list[str]:
+    """The target texts for `dann`/`coral`/`mmd`, read before any model loads; refused on several processes."""
+    if num_processes > 1:
+        raise ConfigError(
+            f"domain.method: {config.domain.method} runs a second (target) forward pass per step, which DDP "
+            "cannot synchronise; run it on one process (no accelerate launch with several processes)"
+        )
+    return read_target_texts(config)
 
 
 def add_loss_term(

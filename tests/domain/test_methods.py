@@ -8,6 +8,7 @@ from conftest import tiny_run_config, write_csv
 
 from peftkit.api import finetune
 from peftkit.config import ConfigError, config_from_dict, validate
+from peftkit.domain.terms import loss_term_texts
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,18 @@ def test_missing_target_file_fails_before_training(tiny_models, toy_files, tmp_p
     with pytest.raises(ValueError, match="missing.csv"):
         finetune(config)
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_loss_terms_refuse_several_processes(tiny_models, toy_files, tmp_path, target_file):
+    config = tiny_run_config(tiny_models["bert"], toy_files, tmp_path / "run")
+    config["domain"] = {"method": "coral", "target_file": str(target_file)}
+    with pytest.raises(ConfigError, match="one process"):
+        loss_term_texts(validate(config_from_dict(config)), num_processes=2)
+
+
+def test_staged_methods_refuse_several_processes(tiny_models, toy_files, tmp_path, target_file, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = tiny_run_config(tiny_models["bert"], toy_files, tmp_path / "run")
+    config["domain"] = {"method": "dapt", "target_file": str(target_file)}
+    with pytest.raises(ConfigError, match="one process"):
+        finetune(config)
