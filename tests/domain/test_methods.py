@@ -77,7 +77,8 @@ def test_intermediate_then_target(tiny_models, toy_files, tmp_path, one_thread):
     result = finetune(config)
     domain = result.metrics["domain"]
     assert domain["intermediate_validation"]["accuracy"] > 0.75
-    # one target epoch from the intermediate model beats chance by far (from scratch it does not, see below)
+    # one target epoch from the intermediate model is enough (from the random tiny base it is not: 3 epochs
+    # reach ~0.74, see test_loss_term_methods_train_and_report for the 6 a fresh start needs)
     assert result.metrics["test"]["accuracy"] > 0.75
     assert (tmp_path / "run" / "intermediate" / "merged" / "model.safetensors").is_file()
 
