@@ -70,7 +70,7 @@ def overrides(name: str, args, out_dir: str) -> list[str]:
         items += [
             f"data.train_file={cr / 'train.tsv'}",
             "data.validation_file=null",
-            "data.max_train_samples=null",
+            f"data.max_train_samples={args.target_size or 'null'}",
         ]
     if "no_domain" in changes:
         items.append("domain.method=none")
