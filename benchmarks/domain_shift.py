@@ -184,7 +184,7 @@ def merge(paths: list[str], output: Path) -> None:
     done = [runs[name] for name in RUNS if name in runs]
     gap_closed(done)
     environment = records[0]["environment"] | {
-        "command": " && ".join(r["environment"]["command"] for r in records),
+        "command": " & ".join(r["environment"]["command"] for r in records),  # run side by side
         "commits": sorted({r["environment"]["commit"] for r in records}),
     }
     record = {
