@@ -23,6 +23,10 @@ from peftkit.adapters import apply_adapter, count_parameters
 from peftkit.checkpoint import Checkpoints
 from peftkit.config import ConfigError, RunConfig, apply_overrides, config_from_dict, load_recipe, validate
 from peftkit.data import load_raw_splits, make_dataloader, tokenize
+from peftkit.domain import LOSS_METHODS, STAGED_METHODS
+from peftkit.domain.stages import run_staged
+from peftkit.domain.terms import add_loss_term, loss_term_texts
+from peftkit.domain.terms import summary as domain_summary
 from peftkit.evaluate import evaluate
 from peftkit.export import adapter_metadata, save_adapter
 from peftkit.io import write_json
@@ -44,6 +48,7 @@ from peftkit.train import (
     full_state_dict,
     prepare_for_training,
     resolve_mixed_precision,
+    total_steps,
     train_loop,
     use_cpu_backend,
 )
@@ -105,6 +110,8 @@ def finetune(
         from peftkit.strategies.multitask import finetune_multitask
 
         return finetune_multitask(config)
+    if config.domain.method in STAGED_METHODS:  # several trainings, each a finetune call (peftkit.domain)
+        return run_staged(config)
     t = config.training
     accelerator = Accelerator(
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -115,6 +122,8 @@ def finetune(
     checkpoints = Checkpoints.for_run(config, accelerator)  # refuses a mismatched resume before any loading
     set_seed(t.seed)
     raw = training_split(load_raw_splits(config.data, t.seed), config)  # k-shot, augmentation
+    n = accelerator.num_processes
+    target_texts = loss_term_texts(config, n) if config.domain.method in LOSS_METHODS else None
     tokenizer = load_tokenizer(config.model)
     rows = {n: tokenize(split, tokenizer, raw.labels, config.data, n) for n, split in _splits(raw).items()}
     loaded = load_model(config.model, raw.labels, tokenizer, config.adapter)
@@ -148,6 +157,11 @@ def finetune(
     num_labels = len(raw.labels)
     ewc_batches = fisher_batches(source, tokenizer, config, accelerator.device) if t.ewc_lambda > 0 else None
     strategies = build_strategies(config, model, len(train_dl) // t.gradient_accumulation_steps, ewc_batches)
+    if target_texts is not None:  # DANN, CORAL, MMD: a loss term on a target batch at every step
+        steps = total_steps(t, len(train_dl))
+        domain_term = add_loss_term(
+            strategies, config, model, tokenizer, loaded.family, target_texts, accelerator.device, steps
+        )
 
     output_dir = Path(t.output_dir)
     resume_step = checkpoints.resume_step if checkpoints else None
@@ -172,6 +186,8 @@ def finetune(
         else evaluate(model, eval_dl, accelerator, num_labels)
     )
     metrics = {"validation": validation, "train": _train_metrics(result)}
+    if target_texts is not None:
+        metrics["domain"] = domain_summary(domain_term)
     if "test" in rows:
         test_dl = accelerator.prepare(loader("test", t.eval_batch_size, shuffle=False))
         metrics["test"] = evaluate(model, test_dl, accelerator, num_labels)

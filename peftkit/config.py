@@ -250,6 +250,46 @@ class ExportConfig:
 
 
 @dataclass
+class DomainConfig:
+    """Domain adaptation (`peftkit.domain`): adapt a model trained on the labelled source data (`data.*`) to a
+    target domain known from unlabelled text (and, for `intermediate`, a labelled related task first)."""
+
+    method: Literal["none", "dapt", "intermediate", "self_training", "dann", "coral", "mmd"] = "none"
+    """`dapt`: continued pre-training on `target_file` through a LoRA adapter (masked LM / span corruption /
+    causal LM by family), merged into the base before task training (Gururangan et al. 2020).
+    `intermediate`: train on `intermediate_file` (a related labelled task) first, merge, then on `data.*`.
+    `self_training`: pseudo-label `target_file` above `threshold` and retrain on source plus pseudo-labels.
+    `dann`: a domain classifier behind a gradient-reversal layer (Ganin and Lempitsky 2015).
+    `coral` / `mmd`: a CORAL (Sun and Saenko 2016) / Gaussian-kernel MMD penalty between source and target
+    pooled features. `none`: off."""
+    target_file: str | None = None
+    """Unlabelled target-domain text (any data format); labels in it, if any, are never read."""
+    target_text_column: str | None = None
+    """Text column of `target_file` (null: `data.text_column`)."""
+    weight: float = 1.0
+    """`dann`: the largest gradient-reversal weight (lambda_p = weight x (2/(1+exp(-10 p)) - 1)); `coral`/`mmd`:
+    the penalty's weight."""
+    threshold: float = 0.9
+    """`self_training`: keep target texts whose top predicted probability is at least this."""
+    class_balanced: bool = False
+    """`self_training`: keep the same number of pseudo-labels per class (the most confident of each)."""
+    rounds: int = 1
+    """`self_training`: pseudo-label and retrain this many times (each round relabels with the newest model)."""
+    pretrain_steps: int = 200
+    """`dapt`: optimizer steps of continued pre-training."""
+    pretrain_learning_rate: float = 5.0e-4
+    """`dapt`: learning rate of the continued pre-training adapter."""
+    mlm_probability: float = 0.15
+    """`dapt`: share of tokens masked (BERT-class) or corrupted in spans (T5-class); unused for causal LMs."""
+    intermediate_file: str | None = None
+    """`intermediate`: the related labelled task trained on first (same text column; its own labels)."""
+    intermediate_epochs: float = 1.0
+    """`intermediate`: epochs on `intermediate_file`."""
+    intermediate_max_samples: int | None = None
+    """`intermediate`: use only the first N rows of `intermediate_file` after a seeded shuffle (null: all)."""
+
+
+@dataclass
 class RunConfig:
     task: Literal["classification", "seq2seq", "causal-lm"] = "classification"
     """`classification` (a classifier head), `seq2seq` (T5/BART-class, text in -> text out) or `causal-lm`
@@ -259,6 +299,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    domain: DomainConfig = field(default_factory=DomainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -385,6 +426,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConf
 def validate(config: RunConfig) -> RunConfig:
     """Check values and combinations before anything expensive happens."""
     from peftkit.adapters import METHODS, check_method_compatible
+    from peftkit.domain import check_domain
     from peftkit.strategies import BACKBONE_METHODS, check_strategies
 
     m, a, d, t = config.model, config.adapter, config.data, config.training
@@ -414,6 +456,12 @@ def validate(config: RunConfig) -> RunConfig:
     check_task(config)  # fields of the generative tasks (seq2seq, causal-lm), refused elsewhere
     if d.tasks and config.task != "classification":
         raise ConfigError(f"data.tasks: multi-task heads are for task: classification, not {config.task!r}")
+    check_domain(config)  # domain-adaptation options (peftkit.domain)
+    if config.domain.method != "none" and (config.task != "classification" or d.tasks):
+        raise ConfigError(
+            f"domain.method: {config.domain.method!r} adapts a single-task classifier; it cannot be combined with "
+            "data.tasks or a generative task"
+        )
     if not d.train_file and not d.dataset and not d.tasks:
         raise ConfigError("data: set data.train_file (a local file) or data.dataset (a Hub dataset id)")
     if d.train_file and d.dataset:

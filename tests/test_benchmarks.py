@@ -124,3 +124,39 @@ def test_kshot_curve_has_k_examples_per_class(tiny_models, tmp_path):
         epochs = 50 if run["method"] == "features" else 20
         assert run["train_samples"] == 2 * run["k"] * epochs
     assert "| 4 |" in output.with_name("kshot.md").read_text()
+
+
+def write_cr(folder: Path) -> Path:
+    folder.mkdir()
+    for name, n, seed in (("train.tsv", 48, 4), ("test.tsv", 24, 5)):
+        rows = [
+            f"{int(r['label'] == 'positive')}\t{r['text']} product" for r in tiny.toy_sentiment(n, seed=seed)
+        ]
+        (folder / name).write_text("label\tsentence\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+def test_domain_shift_scores_every_run_on_the_target(tiny_models, tmp_path):
+    sst2, cr, output = write_sst2(tmp_path / "sst2"), write_cr(tmp_path / "cr"), tmp_path / "shift"
+    runs = "source_only,target_supervised,intermediate,coral"  # the methods themselves: tests/domain
+    run_script(
+        "domain_shift.py", "--sst2", str(sst2), "--cr", str(cr), "--model", str(tiny_models["bert"]),
+        "--train-size", "32", "--target-small", "16", "--pretrain-steps", "2", "--runs", runs,
+        "--output", str(output), "--in-process",
+    )  # fmt: skip
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert [r["run"] for r in record["runs"]] == runs.split(",")
+    by_run = {r["run"]: r for r in record["runs"]}
+    for run in record["runs"]:
+        assert 0.0 <= run["cr_test_accuracy"] <= 1.0 and run["train_samples"] > 0
+    assert by_run["source_only"]["train_samples"] == 32 and by_run["target_supervised"]["train_samples"] == 43
+    assert by_run["source_only"].get("gap_closed", 0.0) == 0.0  # absent when the two bounds tie
+    assert by_run["coral"]["domain"]["report"]["penalty_first"] > 0
+    assert by_run["intermediate"]["domain"]["report"]["intermediate_validation"]["samples"] == 4  # 10% of 32
+    assert record["environment"]["command"].startswith("python benchmarks/domain_shift.py")
+    assert "| coral |" in output.with_suffix(".md").read_text()
+    merged = tmp_path / "merged"
+    run_script("domain_shift.py", "--merge", str(output.with_suffix(".json")), "--output", str(merged))
+    merged_runs = json.loads(merged.with_suffix(".json").read_text())["runs"]
+    pick = [(r["run"], r["cr_test_accuracy"]) for r in record["runs"]]
+    assert sorted((r["run"], r["cr_test_accuracy"]) for r in merged_runs) == sorted(pick)  # RUNS order
