@@ -63,14 +63,15 @@ def converted_gguf(gguf_path: str | Path, name: str) -> Path:
 def _drop_gguf_quantizer(model) -> None:
     """Make a GGUF-loaded model a plain float model that `save_pretrained` writes.
 
-    transformers 5.24 dequantizes every GGUF block at load when no GGUF matmul kernel is installed
-    (the `kernels` package), but keeps its GGUF quantizer on the model, and that quantizer refuses
-    to serialize. With a kernel the blocks stay packed: dequantize them first.
+    transformers 5.24 dequantizes the GGUF blocks at load when no GGUF matmul kernel is installed
+    (the `kernels` package) or the architecture has no packed path, but keeps its GGUF quantizer on
+    the model, and that quantizer refuses to serialize. With a kernel the blocks stay packed
+    (integer tensors): those are dequantized first.
     """
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is None:
         return
-    if not getattr(quantizer.quantization_config, "dequantize", False):
+    if any(not p.is_floating_point() for p in model.parameters()):
         model.dequantize(dtype=torch.float32)
-        return
-    quantizer.remove_quantization_config(model)
+    else:
+        quantizer.remove_quantization_config(model)
