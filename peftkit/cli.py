@@ -1,4 +1,4 @@
-"""Command line: `peftkit train | eval | predict | export | push`, a thin layer over the Python API.
+"""Command line: `peftkit train | eval | predict | export | push | convert-gguf`, a thin layer over the Python API.
 
 Works the same under `accelerate launch -m peftkit train RECIPE`.
 """
@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--base-model", help="load the adapter on this base (a local copy or Hub id); checked")
     _export_parsers(sub)
+    cg = sub.add_parser(
+        "convert-gguf",
+        help="convert a GGUF checkpoint to a transformers safetensors folder",
+        description="Convert a GGUF checkpoint (model and tokenizer) to a float32 safetensors folder.",
+    )
+    cg.add_argument("gguf", help="the .gguf file")
+    cg.add_argument("output", help="new folder to write (replaced atomically)")
     return parser
 
 
@@ -124,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"train": _train, "eval": _eval, "predict": _predict, "export": _export, "push": _push}
+        commands["convert-gguf"] = _convert_gguf
         return commands[args.command](args)
     except (ConfigError, DataError, AdapterFolderError, ExportError, HubError) as err:
         print(f"peftkit: error: {err}", file=sys.stderr)
@@ -210,6 +218,13 @@ def _push(args) -> int:
     print(
         json.dumps(push_to_hub(args.run, args.repo_id, private=args.private, dry_run=args.dry_run), indent=2)
     )
+    return 0
+
+
+def _convert_gguf(args) -> int:
+    from peftkit.convert import convert_gguf
+
+    print(json.dumps({"output_dir": str(convert_gguf(args.gguf, args.output))}, indent=2))
     return 0
 
 

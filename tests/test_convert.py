@@ -1,4 +1,5 @@
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,13 @@ def test_bundled_smollm2_resolves_to_a_converted_folder():
     assert is_converted(folder)
     config = AutoConfig.from_pretrained(folder)
     assert config.model_type == "llama" and config.num_hidden_layers == 30 and config.hidden_size == 576
+
+
+def test_cli_convert_gguf(tiny_gguf, tmp_path, capsys):
+    from peftkit.cli import main
+
+    assert main(["convert-gguf", str(tiny_gguf), str(tmp_path / "out")]) == 0
+    assert json.loads(capsys.readouterr().out)["output_dir"] == str(tmp_path / "out")
+    assert is_converted(tmp_path / "out")
+    assert main(["convert-gguf", str(tmp_path / "missing.gguf"), str(tmp_path / "x")]) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "x").exists()
