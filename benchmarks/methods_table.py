@@ -138,7 +138,10 @@ class PhasePeaks:
 
     def process_peak(self, maxrss_mb: float) -> float:
         """The whole process's peak RSS, given `getrusage`'s maxrss (MB) read after the last phase."""
-        return max(maxrss_mb, self._before_resets, _status_mb("VmHWM") or 0.0)
+        # the kernel's RSS counters are per-thread approximations: a later read can be a few KB lower
+        return max(
+            maxrss_mb, self._before_resets, _status_mb("VmHWM") or 0.0, *(p for p in self.peaks.values() if p)
+        )
 
     def __exit__(self, *exc) -> None:
         for name, fn in self._saved.items():
