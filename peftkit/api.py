@@ -29,6 +29,7 @@ from peftkit.domain.terms import add_loss_term, loss_term_texts
 from peftkit.domain.terms import summary as domain_summary
 from peftkit.evaluate import evaluate
 from peftkit.export import adapter_metadata, save_adapter
+from peftkit.fastpaths import compile_model
 from peftkit.io import write_json
 from peftkit.model import load_model, load_tokenizer
 from peftkit.strategies import (
@@ -151,6 +152,8 @@ def finetune(
             rows["train"], source, tokenizer, t.batch_size, config.data.replay_ratio, t.seed, pad_multiple
         )
     eval_dl = loader("validation", t.eval_batch_size, shuffle=False)
+    if t.compile:
+        model = compile_model(model)
     model, optimizer, scheduler, train_dl, eval_dl = prepare_for_training(
         accelerator, model, train_dl, eval_dl, t, config.adapter.loraplus_lr_ratio
     )

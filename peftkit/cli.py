@@ -1,4 +1,4 @@
-"""Command line: `peftkit train | eval | predict | generate | export | push`, a thin layer over the Python API.
+"""Command line: `peftkit train | eval | predict | generate | export | push | convert-gguf`, a thin layer over the Python API.
 
 Works the same under `accelerate launch -m peftkit train RECIPE`.
 """
@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     ge.add_argument("--max-new-tokens", type=int, default=32)
     ge.add_argument("--batch-size", type=int, default=16)
     _export_parsers(sub)
+    cg = sub.add_parser(
+        "convert-gguf",
+        help="convert a GGUF checkpoint to a transformers safetensors folder",
+        description="Convert a GGUF checkpoint (model and tokenizer) to a float32 safetensors folder.",
+    )
+    cg.add_argument("gguf", help="the .gguf file")
+    cg.add_argument("output", help="new folder to write (replaced atomically)")
     return parser
 
 
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": _train, "eval": _eval, "predict": _predict, "generate": _generate, "export": _export,
             "push": _push,
         }  # fmt: skip
+        commands["convert-gguf"] = _convert_gguf
         return commands[args.command](args)
     except (ConfigError, DataError, AdapterFolderError, ExportError, HubError) as err:
         print(f"peftkit: error: {err}", file=sys.stderr)
@@ -243,6 +251,13 @@ def _push(args) -> int:
     print(
         json.dumps(push_to_hub(args.run, args.repo_id, private=args.private, dry_run=args.dry_run), indent=2)
     )
+    return 0
+
+
+def _convert_gguf(args) -> int:
+    from peftkit.convert import convert_gguf
+
+    print(json.dumps({"output_dir": str(convert_gguf(args.gguf, args.output))}, indent=2))
     return 0
 
 

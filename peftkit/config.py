@@ -48,6 +48,9 @@ class ModelConfig:
     pooling: Literal["auto", "cls", "mean", "last"] = "auto"
     """`adapter.method: features`: how a text's token states become one vector: first token (`cls`), masked
     mean (`mean`), last non-pad token (`last`); `auto`: mean for encoders and T5/BART, last for decoders."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """Attention kernel: `auto` (transformers' choice: PyTorch SDPA where the model supports it), `sdpa`,
+    `eager` (plain matmuls; for debugging), `flash_attention_2` (CUDA and the flash-attn package)."""
 
 
 @dataclass
@@ -238,6 +241,12 @@ class TrainingConfig:
     to n_i^(1/task_temperature), or uniformly."""
     task_temperature: float = 2.0
     """`task_sampling: temperature`: T > 1 flattens the task mix towards uniform (T=1: proportional)."""
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    """`adamw`: torch AdamW (fused on a GPU). `adamw_8bit`: bitsandbytes AdamW with 8-bit states (~75% less
+    optimizer memory; CPU and GPU). `paged_adamw_8bit`: also paged to host memory under GPU pressure (GPU only)."""
+    compile: bool = False
+    """`torch.compile` the model's forward: faster steps after a compilation per new batch shape (minutes on a
+    CPU for a large model; needs a C++ compiler on a CPU). Off by default."""
     feature_cache: Literal["disk", "memory"] = "disk"
     """`adapter.method: features`: keep the features in memory only, or also in `output_dir/features/`
     (safetensors, keyed by a fingerprint of model, data, pooling and max_length; reused by later runs)."""
@@ -427,6 +436,7 @@ def validate(config: RunConfig) -> RunConfig:
     """Check values and combinations before anything expensive happens."""
     from peftkit.adapters import METHODS, check_method_compatible
     from peftkit.domain import check_domain
+    from peftkit.fastpaths import check_fast_paths
     from peftkit.strategies import BACKBONE_METHODS, check_strategies
 
     m, a, d, t = config.model, config.adapter, config.data, config.training
@@ -462,6 +472,7 @@ def validate(config: RunConfig) -> RunConfig:
             f"domain.method: {config.domain.method!r} adapts a single-task classifier; it cannot be combined with "
             "data.tasks or a generative task"
         )
+    check_fast_paths(config)  # optimizer, compile, attention kernel (peftkit.fastpaths)
     if not d.train_file and not d.dataset and not d.tasks:
         raise ConfigError("data: set data.train_file (a local file) or data.dataset (a Hub dataset id)")
     if d.train_file and d.dataset:

@@ -23,7 +23,11 @@ def macro_f1(predictions: torch.Tensor, references: torch.Tensor, num_labels: in
 def evaluate(
     model: torch.nn.Module, dataloader: DataLoader, accelerator: Accelerator, num_labels: int
 ) -> dict:
-    """Accuracy, macro-F1 and mean loss; padded duplicates of the last batch are dropped by accelerate."""
+    """Accuracy, macro-F1 and mean loss; padded duplicates of the last batch are dropped by accelerate.
+
+    Per-batch results stay on the device and are copied to the host once, at the end: no host-device
+    sync per batch.
+    """
     was_training = model.training
     model.eval()
     predictions, references, losses = [], [], []
@@ -35,11 +39,11 @@ def evaluate(
         preds, refs, batch_losses = accelerator.gather_for_metrics(
             (outputs.logits.argmax(-1), batch["labels"], batch_losses)
         )
-        predictions.append(preds.cpu())
-        references.append(refs.cpu())
-        losses.append(batch_losses.float().cpu())
+        predictions.append(preds)
+        references.append(refs)
+        losses.append(batch_losses.float())
     model.train(was_training)
-    preds, refs = torch.cat(predictions), torch.cat(references)
+    preds, refs = torch.cat(predictions).cpu(), torch.cat(references).cpu()
     return {
         "accuracy": (preds == refs).float().mean().item(),
         "macro_f1": macro_f1(preds, refs, num_labels),

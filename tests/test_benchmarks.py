@@ -21,7 +21,7 @@ def write_sst2(folder: Path) -> Path:
 def test_methods_table_writes_one_row_per_method(tiny_models, tmp_path):
     sst2, output = write_sst2(tmp_path / "sst2"), tmp_path / "table"
     cmd = [sys.executable, str(SCRIPT), "--sst2", str(sst2), "--train-size", "32", "--methods", "lora,prefix"]
-    cmd += ["--model", str(tiny_models["bert"]), "--output", str(output)]
+    cmd += ["--model", str(tiny_models["bert"]), "--output", str(output), "--set", "data.max_length=16"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -31,9 +31,13 @@ def test_methods_table_writes_one_row_per_method(tiny_models, tmp_path):
         assert run["train_samples"] == 32 * run["num_epochs"]  # epochs come from each recipe
         assert 0 < run["trainable_params"] < run["total_params"]
         assert 0.0 <= run["dev_accuracy"] <= 1.0 and run["peak_rss_mb"] > 0
+        if Path("/proc/self/clear_refs").exists():  # peaks per phase: Linux only
+            phases = run["phase_peak_rss_mb"]
+            assert 0 < phases["load"] <= run["peak_rss_mb"] and 0 < phases["train"] <= run["peak_rss_mb"]
     assert record["environment"]["torch"] and record["settings"]["train_size"] == 32
+    assert record["settings"]["overrides"] == ["data.max_length=16"]
     table = output.with_name("table.md").read_text()
-    assert "| lora |" in table and "| prefix |" in table
+    assert "| lora |" in table and "| prefix |" in table and "data.max_length=16" in table
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
