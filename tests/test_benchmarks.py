@@ -164,3 +164,20 @@ def test_domain_shift_scores_every_run_on_the_target(tiny_models, tmp_path):
     merged_runs = json.loads(merged.with_suffix(".json").read_text())["runs"]
     pick = [(r["run"], r["cr_test_accuracy"]) for r in record["runs"]]
     assert sorted((r["run"], r["cr_test_accuracy"]) for r in merged_runs) == sorted(pick)  # RUNS order
+
+
+def test_smollm2_instruct_scores_before_and_after(tmp_path):
+    """The script on a tiny LLaMA instead of SmolLM2: before/after scored on the same dev prompts."""
+    sst2, output = write_sst2(tmp_path / "sst2"), tmp_path / "smol"
+    model = tiny.save_tiny_generative_model("llama", tmp_path / "llama")
+    cmd = [sys.executable, str(BENCHMARKS / "smollm2_sst2_instruct.py"), "--sst2", str(sst2)]
+    cmd += ["--train-size", "32", "--dev-size", "8", "--model", str(model), "--output", str(output)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(output.with_name("smol.json").read_text())
+    (run,) = record["runs"]
+    assert run["method"] == "lora" and 0 < run["train_samples"] <= 32 and record["settings"]["dev_size"] == 8
+    assert run["after"]["exact_match"] == run["run_test_accuracy"]  # same prompts, same greedy decoding
+    for when in ("before", "after"):
+        assert 0.0 <= run[when]["exact_match"] <= run[when]["first_word"] <= 1.0
+    assert "| lora |" in output.with_name("smol.md").read_text()
