@@ -77,11 +77,11 @@ def build_config(
     `fields` are flat names (`train_file=...`, `learning_rate=...`) looked up in
     whichever section defines them.
     """
+    overrides = list(overrides or []) + [_dotted(k, v) for k, v in fields.items()]
     if isinstance(config, str | Path):
-        config = load_recipe(config)
+        return load_recipe(config, overrides)  # validated once, with the overrides applied
     values = config.to_dict() if isinstance(config, RunConfig) else dict(config or {})
-    values = apply_overrides(values, list(overrides or []) + [_dotted(k, v) for k, v in fields.items()])
-    return validate(config_from_dict(values))
+    return validate(config_from_dict(apply_overrides(values, overrides)))
 
 
 _SECTIONS = ("model", "adapter", "data", "training", "export")

@@ -443,9 +443,13 @@ def validate(config: RunConfig) -> RunConfig:
     if not m.name_or_path:
         raise ConfigError("model.name_or_path is empty; give a Hub id, a local folder or bundled:NAME")
     if m.name_or_path.startswith("bundled:"):
-        from peftkit.model import resolve_model_path
+        from peftkit.model import BUNDLED_MODELS
 
-        resolve_model_path(m.name_or_path)  # an unknown bundled name, with the choices
+        name = m.name_or_path.removeprefix("bundled:")
+        if name not in BUNDLED_MODELS:  # a missing package is reported when the model loads, before weights
+            raise ConfigError(
+                f"model.name_or_path: unknown bundled model {name!r}; choices: {', '.join(BUNDLED_MODELS)}"
+            )
     if a.method not in METHODS and a.method not in BACKBONE_METHODS:
         choices = ", ".join(sorted([*METHODS, *BACKBONE_METHODS]))
         raise ConfigError(f"adapter.method: {a.method!r} is not one of {choices}")
