@@ -142,18 +142,11 @@ def load_model(
     quantization = quantization_for(config, adapter.method if adapter else None)
     if tokenizer.pad_token_id < getattr(hf_config, "vocab_size", tokenizer.pad_token_id + 1):
         hf_config.pad_token_id = tokenizer.pad_token_id  # an added pad token is set after the resize below
-    refuse_pickled_weights(path)  # before transformers could unpickle a .bin
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        use_safetensors=True,
-        config=hf_config,
-        revision=config.revision,
-        trust_remote_code=config.trust_remote_code,
-        dtype=DTYPES[config.dtype],
+    model = _from_pretrained(
+        AutoModelForSequenceClassification, path, hf_config, config, quantization,
+        _head_names(hf_config, known, quantization, config),
         ignore_mismatched_sizes=True,  # a base that already has a head for other labels gets a fresh one
-        **quantized_loading(config, quantization, _head_names(hf_config, known, quantization, config)),
-        **attn_implementation(config.attn_implementation),
-    )
+    )  # fmt: skip
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -201,23 +194,31 @@ def load_generative_model(
             "another model"
         )
     quantization = quantization_for(config, adapter.method if adapter else None)
-    refuse_pickled_weights(path)  # before transformers could unpickle a .bin
-    model = auto_class.from_pretrained(
-        path,
-        use_safetensors=True,
-        **attn_implementation(config.attn_implementation),
-        config=hf_config,
-        revision=config.revision,
-        trust_remote_code=config.trust_remote_code,
-        dtype=DTYPES[config.dtype],
-        **quantized_loading(config, quantization, ["lm_head"]),
-    )
+    model = _from_pretrained(auto_class, path, hf_config, config, quantization, ["lm_head"])
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
     if quantization != "none":
         model = prepare_quantized_model(model)
     return LoadedModel(model=model, tokenizer=tokenizer, family=family_for(hf_config.model_type, model))
+
+
+def _from_pretrained(
+    auto_class, path: str, hf_config, config: ModelConfig, quantization: str, skip_modules: list[str], **extra
+) -> PreTrainedModel:
+    """`auto_class.from_pretrained` from safetensors only, quantized as asked with `skip_modules` kept out."""
+    refuse_pickled_weights(path)  # before transformers could unpickle a .bin
+    return auto_class.from_pretrained(
+        path,
+        use_safetensors=True,
+        config=hf_config,
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        dtype=DTYPES[config.dtype],
+        **quantized_loading(config, quantization, skip_modules),
+        **attn_implementation(config.attn_implementation),
+        **extra,
+    )
 
 
 def quantized_loading(config: ModelConfig, quantization: str, skip_modules: list[str]) -> dict:
