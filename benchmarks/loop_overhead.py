@@ -45,13 +45,16 @@ def bare_loop(model, batches, lr: float) -> float:
     return (time.perf_counter() - started) / len(batches)
 
 
-def peftkit_loop(model, batches, lr: float) -> float:
+def peftkit_loop(model, batches, lr: float, **training) -> float:
+    """Seconds per step of peftkit's `train_loop` over `batches`; `training`: extra TrainingConfig fields."""
     from accelerate import Accelerator
 
     from peftkit.config import TrainingConfig
     from peftkit.train import train_loop
 
-    config = TrainingConfig(learning_rate=lr, max_steps=len(batches), progress_bar=False, log_every_steps=10)
+    config = TrainingConfig(
+        learning_rate=lr, max_steps=len(batches), progress_bar=False, log_every_steps=10, **training
+    )
     accelerator = Accelerator(mixed_precision="no")
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     model, loader = accelerator.prepare(model, loader)

@@ -19,27 +19,11 @@ import subprocess
 from pathlib import Path
 
 import torch
-from loop_overhead import build
+from loop_overhead import build, peftkit_loop
 
 
 def guarded_loop(model, batches, lr: float, max_bad_steps: int) -> float:
-    from accelerate import Accelerator
-
-    from peftkit.config import TrainingConfig
-    from peftkit.train import train_loop
-
-    config = TrainingConfig(
-        learning_rate=lr,
-        max_steps=len(batches),
-        progress_bar=False,
-        log_every_steps=10,
-        max_bad_steps=max_bad_steps,
-    )
-    accelerator = Accelerator(mixed_precision="no")
-    loader = torch.utils.data.DataLoader(batches, batch_size=None)
-    model, loader = accelerator.prepare(model, loader)
-    result = train_loop(model, loader, config, accelerator)
-    return result.train_seconds / result.steps
+    return peftkit_loop(model, batches, lr, max_bad_steps=max_bad_steps)
 
 
 def main() -> None:
