@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import pytest
 import tiny
 import torch
+from safetensors.torch import load_file
 
 from peftkit.adapters import apply_adapter
 from peftkit.config import AdapterConfig, ModelConfig
@@ -86,6 +90,25 @@ def test_qlora_implies_4bit_and_8bit_is_a_choice(tiny_models):
     assert LAYERS["4bit"] in linear_types(load(tiny_models, "llama", qlora)[0].model)
     assert LAYERS["8bit"] in linear_types(load(tiny_models, "llama", qlora, quantization="8bit")[0].model)
     assert linear_types(load(tiny_models, "llama", AdapterConfig())[0].model) == {"Linear"}
+
+
+def _mapped_files() -> set[str]:
+    return {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "/" in line}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux /proc/self/maps")
+@pytest.mark.parametrize("quantization", ["none", "4bit", "8bit"])
+def test_a_quantized_base_does_not_keep_the_checkpoint_mapped(tiny_models, quantization):
+    # Quantizing reads every page of the float32 checkpoint; while an unconverted weight (embedding, norm)
+    # stays a view into the memory-mapped file, those pages count in the process's RSS (440 MB on SmolLM2).
+    checkpoint = str((tiny_models["llama"] / "model.safetensors").resolve())
+    loaded, _ = load(tiny_models, "llama", quantization=quantization)
+    gc.collect()
+    # the control: an unquantized base keeps its weights as the file's pages (that is the cheap way)
+    assert (checkpoint in _mapped_files()) == (quantization == "none")
+    saved = load_file(checkpoint)  # the copies out of the map are the checkpoint's values
+    embedding = next(v for k, v in saved.items() if k.endswith("embed_tokens.weight"))
+    assert torch.equal(loaded.model.get_input_embeddings().weight.cpu(), embedding)
 
 
 def _grads_after_step(tiny_models, evaluate_first: bool) -> dict[str, torch.Tensor]:
