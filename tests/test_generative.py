@@ -101,7 +101,8 @@ def test_seq2seq_classification_as_generation_learns(
 
 @pytest.mark.parametrize(
     "method, learning_rate, ratio",
-    [("bottleneck", 1e-2, 0.9), ("prefix", 1e-1, 0.9), ("prompt", 1e-1, 0.95)],  # prompt: 640 numbers train
+    [("qlora", 1e-2, 0.9), ("bottleneck", 1e-2, 0.9), ("prefix", 1e-1, 0.9), ("prompt", 1e-1, 0.95)],
+    # prompt: 640 numbers train; qlora: the T5 encoder and decoder in 4-bit, the LM head kept out
 )
 def test_free_seq2seq_lowers_the_loss(
     method, learning_rate, ratio, generative_models, generative_files, tmp_path, one_thread
@@ -111,6 +112,9 @@ def test_free_seq2seq_lowers_the_loss(
     )
     config["training"]["learning_rate"] = learning_rate  # prefix and prompt tuning want a high rate
     result = finetune(config)
+    if method == "qlora":
+        linear = {type(m).__name__ for n, m in result.model.named_modules() if n.endswith(("wi", "wo", "q", "o"))}
+        assert "Linear4bit" in linear and type(result.model.get_output_embeddings()).__name__ != "Linear4bit"
     losses = result.metrics["train"]["losses"]
     assert losses[-1] < ratio * losses[0], losses
     assert 0.0 <= result.metrics["validation"]["rouge_l"] <= 1.0
