@@ -23,6 +23,8 @@ _EXPORTS = {
     "Classifier": "peftkit.predict",
     "Prediction": "peftkit.predict",
     "load_classifier": "peftkit.predict",
+    "Generator": "peftkit.generation",
+    "load_generator": "peftkit.generation",
     "export_model": "peftkit.export",
     "ExportResult": "peftkit.export",
     "ExportError": "peftkit.export",

@@ -62,10 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     ge = sub.add_parser(
         "generate",
         help="generate text with a trained seq2seq or causal-lm run",
-        description="Greedy generation with a trained seq2seq or causal-lm adapter (run or adapter folder); "
-        "a causal-lm text is one user turn in the run's chat template.",
+        description="Greedy generation with a trained seq2seq or causal-lm run (run, adapter or export folder, "
+        "or a Hub id); a causal-lm text is one user turn in the run's chat template.",
     )
-    ge.add_argument("run", help="run folder or adapter folder")
+    ge.add_argument("run", help="run, adapter or export folder (adapter or merged), or a Hub id")
     ge.add_argument("texts", nargs="*", help="inputs (seq2seq) or instructions (causal-lm)")
     ge.add_argument("--file", help="a text file (one input per line) or a CSV/TSV/JSON/JSONL file")
     ge.add_argument("--max-new-tokens", type=int, default=32)
@@ -85,12 +85,20 @@ def _export_parsers(sub) -> None:
     ex = sub.add_parser(
         "export",
         help="export a standalone adapter or a merged model, with a model card",
-        description="Export a run or adapter folder as a standalone adapter or as a merged model, with a card.",
+        description="Export a run or adapter folder (classification, seq2seq or causal-lm) as a standalone "
+        "adapter or as a merged model, with a model card.",
     )
     ex.add_argument("run", help="run folder or adapter folder")
     kind = ex.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--adapter", action="store_true", help="the adapter, head, tokenizer and labels (peft)")
-    kind.add_argument("--merged", action="store_true", help="the adapter merged into the base (transformers)")
+    kind.add_argument(
+        "--adapter", action="store_true",
+        help="the adapter (a classifier's head with it), tokenizer and chat template, peftkit.json (peft)",
+    )  # fmt: skip
+    kind.add_argument(
+        "--merged", action="store_true",
+        help="LoRA/DoRA/rsLoRA/IA3/QLoRA merged into the float32 base, checked against the adapter model "
+        "(transformers); bottleneck, prefix and prompt adapters cannot merge",
+    )  # fmt: skip
     ex.add_argument("--output", required=True, help="new folder to write")
     ex.add_argument(
         "--base-model-id", help="Hub id of the base model, for the card (when trained on a folder)"

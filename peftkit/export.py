@@ -1,16 +1,19 @@
-"""Save a trained classifier, and export it for sharing: a standalone adapter or a merged model, with a card.
+"""Save a trained adapter, and export it for sharing: a standalone adapter or a merged model, with a card.
 
 `save_adapter` (called by `api.finetune`) writes the run's adapter folder:
-`adapter_model.safetensors` (adapter and classifier head), `adapter_config.json`,
-the tokenizer and `peftkit.json` (labels, base model, data columns, quantization).
+`adapter_model.safetensors` (the adapter, and a classifier's head), `adapter_config.json`,
+the tokenizer (with a causal-lm run's chat template) and `peftkit.json` (task, labels or
+label words, base model, data columns, quantization).
 
-`export_model` turns a run or adapter folder into a folder to share, written
-atomically, with a model card (`card.py`) and only portable names in it (no path
-of this machine):
+`export_model` turns a run or adapter folder of any task (classification, seq2seq,
+causal-lm) into a folder to share, written atomically, with a model card (`card.py`)
+and only portable names in it (no path of this machine):
 
-- `merged=False`: the adapter as above; plain peft loads it on the stated base.
+- `merged=False`: the adapter as above; plain peft loads it on the stated base
+  (`PeftModel.from_pretrained`, or `AutoPeftModelForSeq2SeqLM` / `AutoPeftModelForCausalLM`).
 - `merged=True`: the adapter folded into the base weights (`merge.py`); plain
-  transformers loads it, with the labels in its config.
+  transformers loads it (a classifier's labels in its config, a generative model's
+  `generation_config.json` beside it).
 """
 
 from __future__ import annotations
@@ -64,12 +67,7 @@ def adapter_metadata(config: RunConfig, labels: list[str], model: PeftModel) -> 
         "model_type": base_config.model_type,
         "labels": labels,
         "pad_token_id": base_config.pad_token_id,
-        "data": {
-            "text_column": config.data.text_column,
-            "text_pair_column": config.data.text_pair_column,
-            "label_column": config.data.label_column,
-            "max_length": config.data.max_length,
-        },
+        "data": data_fields(config),
         "quantization": None
         if quantization == "none"
         else {
@@ -79,6 +77,27 @@ def adapter_metadata(config: RunConfig, labels: list[str], model: PeftModel) -> 
             "bnb_4bit_compute_dtype": config.model.bnb_4bit_compute_dtype,
         },
     }
+
+
+def data_fields(config: RunConfig) -> dict:
+    """The data columns and lengths that loading (and a card) need, for `config.task`."""
+    d = config.data
+    fields = {
+        "text_column": d.text_column,
+        "text_pair_column": d.text_pair_column,
+        "label_column": d.label_column,
+        "max_length": d.max_length,
+    }
+    if config.task == "seq2seq":
+        fields |= {"target_column": d.target_column, "max_target_length": d.max_target_length}
+    elif config.task == "causal-lm":
+        fields |= {
+            "prompt_column": d.prompt_column,
+            "response_column": d.response_column,
+            "messages_column": d.messages_column,
+            "chat_template": d.chat_template,
+        }
+    return fields
 
 
 def save_adapter(
@@ -152,17 +171,12 @@ def export_model(
             )
     folder = full or find_adapter_dir(path)
     metadata = json.loads((folder / METADATA_FILE).read_text())
-    if metadata.get("task", "classification") != "classification":
-        raise ExportError(
-            f"exporting a {metadata['task']!r} run is not supported yet (cards and merging are for classifiers); "
-            f"its adapter folder {str(folder)!r} is a plain peft adapter: share it as is"
-        )
     record = load_run_record(folder)
     output = Path(output)
     check_output(output, folder)
     if not merged and (dtype != "float32" or requantize):
         raise ExportError("--dtype and --requantize apply to merged exports (--merged), not to --adapter")
-    portable = portable_metadata(metadata, base_model_id)
+    portable = portable_metadata(metadata, base_model_id) | prompt_format(folder, metadata)
     if full is not None:
         check = None
         _export_full(folder, record, portable, output, license)
@@ -221,6 +235,18 @@ def _export_full(folder: Path, record: dict | None, portable: dict, output: Path
                 shutil.copy2(file, tmp / file.name)
         write_json(tmp / METADATA_FILE, portable | {"format": "full"})
         (tmp / CARD_FILE).write_text(model_card(portable, record, merged=True, license=license))
+
+
+def prompt_format(folder: Path, metadata: dict) -> dict:
+    """For a causal-lm adapter: how its tokenizer renders a prompt (`templates.describe_template`), for the card
+    and the export's peftkit.json; nothing for other tasks."""
+    if metadata.get("task") != "causal-lm":
+        return {}
+    from transformers import AutoTokenizer
+
+    from peftkit.templates import describe_template
+
+    return {"prompt": describe_template(AutoTokenizer.from_pretrained(folder))}
 
 
 def load_run_record(adapter_dir: Path) -> dict | None:

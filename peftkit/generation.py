@@ -60,17 +60,18 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 @torch.no_grad()
-def generate(
+def generate_ids(
     model,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[int]],
     batch_size: int,
     max_new_tokens: int,
-) -> list[str]:
-    """Greedy continuations of the tokenized `prompts`, decoded without special tokens."""
+) -> list[list[int]]:
+    """Greedy continuations of the tokenized `prompts`: the new token ids, up to and including the first EOS."""
     decoder_only = not model.config.is_encoder_decoder
     device = next(model.parameters()).device
-    texts = []
+    stop = _eos_ids(model, tokenizer)
+    continuations = []
     for start in range(0, len(prompts), batch_size):
         chunk = [{"input_ids": ids} for ids in prompts[start : start + batch_size]]
         # decoder-only models continue from the last position: pad on the left
@@ -79,9 +80,36 @@ def generate(
         output = model.generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
-        new = output[:, batch["input_ids"].shape[1] :] if decoder_only else output
-        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [text.strip() for text in texts]
+        # an encoder-decoder output starts with the decoder start token
+        new = output[:, batch["input_ids"].shape[1] :] if decoder_only else output[:, 1:]
+        continuations += [_until_eos(row.tolist(), stop) for row in new]
+    return continuations
+
+
+def _eos_ids(model, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos) if isinstance(eos, list) else {eos}
+    return {i for i in ids | {tokenizer.eos_token_id} if i is not None}
+
+
+def _until_eos(ids: list[int], stop: set[int]) -> list[int]:
+    """`ids` up to and including the first EOS: what follows is padding of a finished sequence."""
+    for i, token in enumerate(ids):
+        if token in stop:
+            return ids[: i + 1]
+    return ids
+
+
+def generate(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    batch_size: int,
+    max_new_tokens: int,
+) -> list[str]:
+    """Greedy continuations of the tokenized `prompts`, decoded without special tokens."""
+    ids = generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens)
+    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 @torch.no_grad()
@@ -130,51 +158,72 @@ def evaluate_generative(
     }
 
 
+@torch.no_grad()
+def continuation_logits(model, prompt: list[int], continuation: list[int]) -> torch.Tensor:
+    """The logits with which `model` scores each token of `continuation` after `prompt` (teacher forced):
+    one row per continuation token, over the vocabulary."""
+    device = next(model.parameters()).device
+    if model.config.is_encoder_decoder:
+        start = model.generation_config.decoder_start_token_id
+        start = model.config.decoder_start_token_id if start is None else start
+        inputs = {
+            "input_ids": torch.tensor([prompt], device=device),
+            "decoder_input_ids": torch.tensor([[start, *continuation[:-1]]], device=device),
+        }
+        return model(**inputs).logits[0].float().cpu()
+    logits = model(input_ids=torch.tensor([prompt + continuation[:-1]], device=device)).logits[0]
+    return logits[len(prompt) - 1 :].float().cpu()  # position t predicts token t + 1
+
+
 # ---------------------------------------------------------------- a trained run, for the CLI
 
 
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, metadata: dict, texts: list[str]) -> list[list[int]]:
+    """Token ids a model trained for `metadata["task"]` continues: a causal-lm text is one user turn in the
+    tokenizer's chat template (as evaluation renders prompts); a seq2seq text is the input as is, truncated."""
+    if metadata["task"] == "causal-lm":
+        turns = [[{"role": "user", "content": text}] for text in texts]
+        return [
+            tokenizer(render_text(tokenizer, t, True), add_special_tokens=False)["input_ids"] for t in turns
+        ]
+    max_length = metadata["data"]["max_length"]
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
 class Generator:
-    """A base model with a trained seq2seq or causal-lm adapter, ready to answer texts (`peftkit generate`)."""
+    """A seq2seq or causal-lm model (a base with its trained adapter, or a merged export), ready to answer texts
+    (`peftkit generate`)."""
 
     def __init__(self, model, tokenizer: PreTrainedTokenizerBase, metadata: dict):
         self.model, self.tokenizer, self.metadata = model, tokenizer, metadata
 
     def prompts(self, texts: list[str]) -> list[list[int]]:
-        """Token ids the model continues: a causal-lm text is one user turn in the saved chat template."""
-        if self.metadata["task"] == "causal-lm":
-            turns = [[{"role": "user", "content": text}] for text in texts]
-            return [
-                self.tokenizer(render_text(self.tokenizer, t, True), add_special_tokens=False)["input_ids"]
-                for t in turns
-            ]
-        max_length = self.metadata["data"]["max_length"]
-        return self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return prompt_ids(self.tokenizer, self.metadata, texts)
 
     def generate(self, texts: list[str], max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
         return generate(self.model, self.tokenizer, self.prompts(texts), batch_size, max_new_tokens)
 
 
 def load_generator(path: str | Path, device: str | None = None) -> Generator:
-    """Load the base model named in a generative run's (or adapter folder's) metadata, with its adapter."""
+    """Load a generative run, adapter folder or export (a folder or a Hub id): the base model named in its
+    metadata with its adapter, or the merged model itself."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
     from peftkit.adapters import prepare_base
     from peftkit.config import ModelConfig
-    from peftkit.export import METADATA_FILE
-    from peftkit.model import GENERATIVE_CLASSES, quantized_loading, resolve_model_path
-    from peftkit.predict import AdapterFolderError, find_adapter_dir, local_folder
+    from peftkit.model import quantized_loading, resolve_model_path
+    from peftkit.predict import find_adapter_dir, is_merged_model, local_folder
 
-    folder = find_adapter_dir(local_folder(path))
-    metadata = json.loads((folder / METADATA_FILE).read_text())
-    task = metadata.get("task")
-    if task not in GENERATIVE_CLASSES:
-        raise AdapterFolderError(
-            f"{str(path)!r} was trained for {task!r}, not generation: use peftkit predict"
-        )
+    folder = local_folder(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if is_merged_model(folder):
+        return _load_merged_generator(folder, device)
+    folder = find_adapter_dir(folder)
+    metadata = _generative_metadata(folder, path)
     quantization = metadata.get("quantization") or {}
     model_config = ModelConfig(**{k: v for k, v in quantization.items() if k.startswith("bnb_4bit")})
-    base = GENERATIVE_CLASSES[task][0].from_pretrained(
+    base = _auto_class(metadata).from_pretrained(
         resolve_model_path(metadata["base_model"]),
         revision=metadata.get("base_model_revision"),
         **quantized_loading(model_config, quantization.get("mode", "none"), ["lm_head"]),
@@ -185,5 +234,37 @@ def load_generator(path: str | Path, device: str | None = None) -> Generator:
     prepare_base(base, metadata.get("method", ""))
     model = PeftModel.from_pretrained(base, folder).eval()
     if not quantization:  # bitsandbytes places quantized weights itself
-        model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = model.to(device)
     return Generator(model, tokenizer, metadata)
+
+
+def _load_merged_generator(folder: Path, device: str) -> Generator:
+    from transformers import AutoTokenizer
+
+    from peftkit.safety import refuse_pickled_weights
+
+    metadata = _generative_metadata(folder, folder)
+    refuse_pickled_weights(folder)
+    model = _auto_class(metadata).from_pretrained(folder, use_safetensors=True)
+    if not getattr(model, "is_quantized", False):  # bitsandbytes places quantized weights itself
+        model = model.to(device)
+    return Generator(model.eval(), AutoTokenizer.from_pretrained(folder), metadata)
+
+
+def _generative_metadata(folder: Path, path: str | Path) -> dict:
+    from peftkit.export import METADATA_FILE
+    from peftkit.model import GENERATIVE_CLASSES
+    from peftkit.predict import AdapterFolderError
+
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    if metadata.get("task") not in GENERATIVE_CLASSES:
+        raise AdapterFolderError(
+            f"{str(path)!r} was trained for {metadata.get('task')!r}, not generation: use peftkit predict"
+        )
+    return metadata
+
+
+def _auto_class(metadata: dict):
+    from peftkit.model import GENERATIVE_CLASSES
+
+    return GENERATIVE_CLASSES[metadata["task"]][0]

@@ -1,9 +1,9 @@
-"""Share on the Hugging Face Hub: push an export, download one for `predict`/`eval`.
+"""Share on the Hugging Face Hub: push an export, download one for `predict`/`eval`/`generate`.
 
 Only an allow-list of files is ever sent (weights as safetensors, configs,
-tokenizer files, `peftkit.json`, the card), named one by one in a single commit:
-never optimizer states, checkpoints, logs or anything else that sits in a run
-folder. The token comes from huggingface_hub (the HF_TOKEN variable or the login
+tokenizer files and chat template, `peftkit.json`, the card), named one by one in
+a single commit: never optimizer states, checkpoints, logs or anything else that
+sits in a run folder. The token comes from huggingface_hub (the HF_TOKEN variable or the login
 cache) and never appears in a log, a file or an error message: errors from the
 Hub are re-raised with it redacted.
 """
@@ -34,6 +34,7 @@ ALLOW_PATTERNS = [
     "vocab.txt",
     "vocab.json",
     "merges.txt",
+    "chat_template.jinja",  # a causal-lm tokenizer's chat template (transformers 5 saves it apart)
     "*.model",  # sentencepiece: tokenizer.model, spiece.model, sentencepiece.bpe.model
 ]
 

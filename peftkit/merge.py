@@ -2,8 +2,10 @@
 
 Merging folds the adapter into the base with peft's `merge_and_unload`: LoRA, DoRA
 and rsLoRA add their low-rank update to each target weight, IA3 rescales it. The
-result is a plain transformers model. Methods that add modules or inputs instead of
-changing weights (bottleneck adapters, prefix and prompt tuning) cannot merge.
+result is a plain transformers model: a classifier (labels in its config), or a
+seq2seq / causal-lm model with its `generation_config.json`. Methods that add modules
+or inputs instead of changing weights (bottleneck adapters, prefix and prompt tuning)
+cannot merge.
 
 An adapter trained on a quantized base (QLoRA) is never merged into 4-bit weights:
 the base is loaded quantized exactly as in training and dequantized to float32
@@ -11,8 +13,10 @@ the base is loaded quantized exactly as in training and dequantized to float32
 the adapter was trained against plus its update. `requantize` then saves the merged
 model quantized to 4 bit again (bitsandbytes serialization).
 
-Every merge is checked on a probe batch (the run's validation texts, else fixed
-sentences) against the adapter model, and refused beyond the tolerance:
+Every merge is checked on a probe batch (`probe.py`: the run's validation texts, else
+fixed sentences; label logits for a classifier, the vocabulary logits of a greedy
+continuation for a generative model) against the adapter model, and refused beyond
+the tolerance:
 
 - float32 merge of an adapter trained on a float32 base: max |logit difference| <= 1e-4
   (only the order of the sums changes: measured below 2e-6 on the test models and MiniLM);
@@ -38,11 +42,11 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from peftkit.adapters import prepare_base
 from peftkit.config import ModelConfig
-from peftkit.data import DataError, read_file
 from peftkit.export import CARD_FILE, METADATA_FILE, ExportError, check_output
 from peftkit.io import atomic_dir, write_json
-from peftkit.model import load_model
-from peftkit.predict import Classifier, find_adapter_dir
+from peftkit.model import load_generative_model, load_model
+from peftkit.predict import find_adapter_dir
+from peftkit.probe import Probe, make_probe
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +59,6 @@ NOT_MERGEABLE = {
 }
 LOGIT_TOLERANCE = 1e-4
 PROBABILITY_TOLERANCE = 0.05
-PROBE_SIZE = 32
-FIXED_PROBES = [
-    "I loved every minute of it.",
-    "This was a complete waste of money.",
-    "The delivery arrived two days late and the box was damaged.",
-    "How do I reset my password?",
-    "The new update made everything slower.",
-    "Great service, friendly staff, would come back.",
-    "It is neither good nor bad, just average.",
-    "My card was charged twice this month.",
-]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -100,17 +93,16 @@ def export_merged(
     if requantize:
         _check_bitsandbytes()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    texts, pairs, source = probe_texts(record, metadata)
-    model, reference = merge_adapter(folder, metadata, tokenizer, texts, pairs)
+    probe = make_probe(record, metadata, tokenizer)
+    model, reference = merge_adapter(folder, metadata, tokenizer, probe)
     model = model.to(DTYPES[dtype])
     with atomic_dir(output) as tmp:
         if requantize:
             with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.merged-") as staging:
                 model.save_pretrained(staging)
                 model = _load_quantized(staging, metadata, tokenizer)
-        merged_logits = _logits(model, tokenizer, metadata, texts, pairs)
         lossy = quantization_of(metadata) is not None or dtype != "float32" or requantize
-        check = compare(reference, merged_logits, lossy, source)
+        check = compare(reference, probe.logits(model), lossy, probe)
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
         merged_meta = portable | {"format": "merged", "dtype": dtype, "requantized": requantize}
@@ -124,13 +116,13 @@ def export_merged(
 
 
 def merge_adapter(
-    folder: Path, metadata: dict, tokenizer, texts: list[str], pairs: list[str] | None
+    folder: Path, metadata: dict, tokenizer, probe: Probe
 ) -> tuple[PreTrainedModel, torch.Tensor]:
-    """(the merged float32 model, the adapter model's logits on `texts`)."""
+    """(the merged float32 model, the adapter model's logits on the probe)."""
     quantized = quantization_of(metadata) is not None
     if quantized:  # the reference is the model as trained: adapter on the quantized base
         reference_model = PeftModel.from_pretrained(_load_base(metadata, tokenizer, quantized=True), folder)
-        reference = _logits(reference_model.eval(), tokenizer, metadata, texts, pairs)
+        reference = probe.reference(reference_model.eval())
         del reference_model
         base = _load_base(metadata, tokenizer, quantized=True).dequantize()
     else:
@@ -138,11 +130,11 @@ def merge_adapter(
     prepare_base(base, metadata["method"])
     model = PeftModel.from_pretrained(base, folder).eval()
     if not quantized:
-        reference = _logits(model, tokenizer, metadata, texts, pairs)
+        reference = probe.reference(model)
     return model.merge_and_unload(), reference
 
 
-def compare(reference: torch.Tensor, merged: torch.Tensor, lossy: bool, source: str) -> dict:
+def compare(reference: torch.Tensor, merged: torch.Tensor, lossy: bool, probe: Probe) -> dict:
     """The largest logit and probability differences; raise ExportError beyond the tolerance."""
     logit_diff = (merged - reference).abs().max().item()
     prob_diff = (merged.softmax(-1) - reference.softmax(-1)).abs().max().item()
@@ -150,40 +142,20 @@ def compare(reference: torch.Tensor, merged: torch.Tensor, lossy: bool, source: 
         ("probability", PROBABILITY_TOLERANCE, prob_diff) if lossy else ("logit", LOGIT_TOLERANCE, logit_diff)
     )
     check = {
-        "probe": source,
-        "texts": len(reference),
+        "probe": probe.source,
+        "texts": probe.size,
         "max_logit_diff": logit_diff,
         "max_probability_diff": prob_diff,
-        "same_label_fraction": (merged.argmax(-1) == reference.argmax(-1)).float().mean().item(),
+        **probe.agreement(reference, merged),
         "checked": f"max |{space} diff| <= {tolerance:g}",
     }
     if not value <= tolerance:  # also refuses NaN
         raise ExportError(
             f"the merged model differs from the adapter model: max |{space} diff| = {value:.3g} > {tolerance:g} "
-            f"on {len(reference)} probe texts ({source}); nothing was written"
+            f"on {probe.size} probe texts ({probe.source}); nothing was written"
         )
     logger.info("merge check passed: %s", check)
     return check
-
-
-def probe_texts(record: dict | None, metadata: dict) -> tuple[list[str], list[str] | None, str]:
-    """(texts, text pairs or None, where they come from): the run's validation texts, else fixed sentences."""
-    columns = metadata["data"]
-    data = (record or {}).get("config", {}).get("data", {})
-    if data.get("validation_file"):
-        try:
-            rows = read_file(data["validation_file"], data.get("csv_quoting", "auto"))
-            rows = rows.select(range(min(PROBE_SIZE, len(rows))))
-            texts = [str(t) for t in rows[columns["text_column"]]]
-            pair = columns.get("text_pair_column")
-            pairs = [str(t) for t in rows[pair]] if pair else None
-            return texts, pairs, f"first {len(texts)} validation texts ({Path(data['validation_file']).name})"
-        except (DataError, KeyError) as err:
-            logger.info(
-                "merge check: the run's validation data is not readable here (%s); using fixed texts", err
-            )
-    pairs = list(reversed(FIXED_PROBES)) if columns.get("text_pair_column") else None
-    return list(FIXED_PROBES), pairs, f"{len(FIXED_PROBES)} fixed sentences"
 
 
 def quantization_of(metadata: dict) -> dict | None:
@@ -194,29 +166,34 @@ def quantization_of(metadata: dict) -> dict | None:
 
 
 def _load_base(metadata: dict, tokenizer, quantized: bool) -> PreTrainedModel:
-    """The base classifier as training loaded it (float32, or quantized as recorded), labels in its config."""
-    q = quantization_of(metadata) if quantized else None
-    options = {k: v for k, v in (q or {}).items() if k.startswith("bnb_4bit_")}
-    config = ModelConfig(
-        name_or_path=metadata["base_model"],
-        revision=metadata.get("base_model_revision"),
-        dtype="float32",
-        quantization=q["mode"] if q else "none",
-        **options,
+    """The base model as training loaded it (float32, or quantized as recorded): a classifier with the labels
+    in its config, or the seq2seq / causal-lm model with its LM head."""
+    quantization = quantization_of(metadata) if quantized else None
+    return _load(
+        metadata["base_model"], metadata, tokenizer, quantization, metadata.get("base_model_revision")
     )
-    return load_model(config, metadata["labels"], tokenizer).model
 
 
 def _load_quantized(folder: str, metadata: dict, tokenizer) -> PreTrainedModel:
     """Reload a saved merged model with its linear layers quantized to 4 bit (the head stays full precision)."""
-    q = quantization_of(metadata) or {}
-    options = {k: v for k, v in q.items() if k.startswith("bnb_4bit_")}
-    config = ModelConfig(name_or_path=folder, dtype="float32", quantization="4bit", **options)
-    return load_model(config, metadata["labels"], tokenizer).model
+    return _load(folder, metadata, tokenizer, (quantization_of(metadata) or {}) | {"mode": "4bit"})
 
 
-def _logits(model, tokenizer, metadata: dict, texts: list[str], pairs: list[str] | None) -> torch.Tensor:
-    return Classifier(model, tokenizer, metadata, torch.device("cpu")).logits(texts, pairs)
+def _load(
+    name_or_path: str, metadata: dict, tokenizer, quantization: dict | None, revision: str | None = None
+) -> PreTrainedModel:
+    options = {k: v for k, v in (quantization or {}).items() if k.startswith("bnb_4bit_")}
+    config = ModelConfig(
+        name_or_path=name_or_path,
+        revision=revision,
+        dtype="float32",
+        quantization=quantization["mode"] if quantization else "none",
+        **options,
+    )
+    task = metadata.get("task", "classification")
+    if task == "classification":
+        return load_model(config, metadata["labels"], tokenizer).model
+    return load_generative_model(config, task, tokenizer).model
 
 
 def _check_bitsandbytes() -> None:

@@ -194,14 +194,16 @@ def load_classifier(path: str | Path, device: str | None = None, base_model: str
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if _format(folder) == "features":
         return _load_feature_head(folder, device)
-    if _is_merged(folder):
-        return _load_merged(folder, device)
-    folder = find_adapter_dir(folder)
+    merged = is_merged_model(folder)
+    if not merged:
+        folder = find_adapter_dir(folder)
     metadata = json.loads((folder / METADATA_FILE).read_text())
     if metadata.get("task", "classification") != "classification":
         raise AdapterFolderError(
             f"{str(path)!r} was trained for task {metadata['task']!r}, not classification: use peftkit generate"
         )
+    if merged:
+        return _load_merged(folder, metadata, device)
     labels = metadata["labels"]
     if base_model is not None:
         check_base_model(metadata, base_model)
@@ -241,7 +243,7 @@ def local_folder(path: str | Path) -> Path:
     return hub.download(str(path))
 
 
-def _is_merged(folder: Path) -> bool:
+def is_merged_model(folder: Path) -> bool:
     """A merged export or a fully fine-tuned model: a plain transformers model folder."""
     meta = folder / METADATA_FILE
     return meta.is_file() and json.loads(meta.read_text()).get("format") in ("merged", "full")
@@ -261,8 +263,7 @@ def _load_feature_head(folder: Path, device: torch.device) -> Classifier:
     return Classifier(model, AutoTokenizer.from_pretrained(folder), metadata, device)
 
 
-def _load_merged(folder: Path, device: torch.device) -> Classifier:
-    metadata = json.loads((folder / METADATA_FILE).read_text())
+def _load_merged(folder: Path, metadata: dict, device: torch.device) -> Classifier:
     refuse_pickled_weights(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
     if not getattr(model, "is_quantized", False):  # bitsandbytes places quantized weights itself

@@ -133,3 +133,11 @@ def generation_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     # the template writes BOS/EOS itself: no special tokens added on top
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def describe_template(tokenizer: PreTrainedTokenizerBase, placeholder: str = "{prompt}") -> dict:
+    """How the tokenizer renders prompts, for model cards: its chat template's name (one of `TEMPLATES`,
+    else `tokenizer`: the base model's own) and one user turn rendered up to the generation prompt."""
+    name = next((n for n, text in TEMPLATES.items() if text == tokenizer.chat_template), "tokenizer")
+    example = render_text(tokenizer, [{"role": "user", "content": placeholder}], generation_prompt=True)
+    return {"chat_template": name, "example": example}

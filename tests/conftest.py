@@ -68,3 +68,33 @@ def tiny_run_config(model_dir: Path, files: dict[str, Path], output_dir: Path, *
             **training,
         },
     }
+
+
+WORD = {"positive": "good", "negative": "bad"}
+"""The one-word answer of the causal-lm toy set, by label."""
+
+
+@pytest.fixture(scope="session")
+def generative_models(tmp_path_factory) -> dict[str, Path]:
+    """family -> folder of a saved tiny T5 (text-to-text) or LLaMA (causal LM) with its tokenizer."""
+    root = tmp_path_factory.mktemp("tiny-generative")
+    return {family: tiny.save_tiny_generative_model(family, root / family) for family in ("t5", "llama")}
+
+
+def _sentiment_words(text: str) -> str:
+    return " ".join(w for w in text.split() if w in tiny.POSITIVE or w in tiny.NEGATIVE)
+
+
+@pytest.fixture(scope="session")
+def generative_files(tmp_path_factory) -> dict[str, Path]:
+    """Learnable sets: label, the sentence's sentiment words (free seq2seq), a one-word answer (causal-lm)."""
+    root = tmp_path_factory.mktemp("generative-data")
+    files = {}
+    for split, n, seed in (("train", 160, 1), ("validation", 32, 2)):
+        rows = tiny.toy_sentiment(n, seed=seed)
+        files[split] = write_csv(
+            root / f"{split}.csv", [r | {"words": _sentiment_words(r["text"])} for r in rows]
+        )
+        chat = [{"prompt": r["text"], "response": WORD[r["label"]]} for r in rows]
+        files[f"chat_{split}"] = write_csv(root / f"chat_{split}.csv", chat)
+    return files

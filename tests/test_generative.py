@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import tiny
 import torch
-from conftest import write_csv
+from conftest import WORD
 
 from peftkit.adapters import apply_adapter
 from peftkit.api import build_config, finetune
@@ -21,33 +21,6 @@ from peftkit.generative import collator, load_generative_data, without_cache
 from peftkit.model import load_generative_model
 from peftkit.predict import AdapterFolderError, load_classifier
 from peftkit.templates import prompt_response_messages, render_chat, use_chat_template
-
-WORD = {"positive": "good", "negative": "bad"}
-
-
-@pytest.fixture(scope="module")
-def generative_models(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("tiny-generative")
-    return {family: tiny.save_tiny_generative_model(family, root / family) for family in ("t5", "llama")}
-
-
-def _sentiment_words(text: str) -> str:
-    return " ".join(w for w in text.split() if w in tiny.POSITIVE or w in tiny.NEGATIVE)
-
-
-@pytest.fixture(scope="module")
-def generative_files(tmp_path_factory) -> dict:
-    """Learnable sets: label, the sentence's sentiment words (free seq2seq), a one-word answer (causal-lm)."""
-    root = tmp_path_factory.mktemp("generative-data")
-    files = {}
-    for split, n, seed in (("train", 160, 1), ("validation", 32, 2)):
-        rows = tiny.toy_sentiment(n, seed=seed)
-        files[split] = write_csv(
-            root / f"{split}.csv", [r | {"words": _sentiment_words(r["text"])} for r in rows]
-        )
-        chat = [{"prompt": r["text"], "response": WORD[r["label"]]} for r in rows]
-        files[f"chat_{split}"] = write_csv(root / f"chat_{split}.csv", chat)
-    return files
 
 
 def _training(output_dir, **extra) -> dict:
@@ -277,10 +250,14 @@ def test_classifier_commands_refuse_a_generative_run(
     config["training"]["max_steps"] = 1
     finetune(config)
     assert main(["predict", str(tmp_path), "good film"]) == 2  # usage error, with the reason on stderr
-    assert main(["export", str(tmp_path), "--adapter", "--output", str(tmp_path / "export")]) == 2
-    assert "exporting a 'seq2seq' run is not supported yet" in capsys.readouterr().err
+    assert "trained for task 'seq2seq', not classification: use peftkit generate" in capsys.readouterr().err
     with pytest.raises(AdapterFolderError, match="seq2seq.*peftkit generate"):
         load_classifier(tmp_path)
+    # a merged export is a plain transformers folder: refused too, not loaded as a classifier
+    merged = tmp_path / "merged"
+    assert main(["export", str(tmp_path), "--merged", "--output", str(merged)]) == 0
+    with pytest.raises(AdapterFolderError, match="seq2seq.*peftkit generate"):
+        load_classifier(merged)
 
 
 def test_chat_messages_column_from_jsonl(tmp_path):

@@ -26,6 +26,7 @@ SHARED = [
     "README.md",
     "adapter_config.json",
     "adapter_model.safetensors",
+    "chat_template.jinja",
     "config.json",
     "generation_config.json",
     "model-00001-of-00002.safetensors",
