@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tiny
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "methods_table.py"
@@ -74,11 +75,15 @@ def test_memory_benchmark_has_a_row_per_method(tiny_models, tmp_path):
     output = tmp_path / "memory.json"
     run_script(
         "memory_full_lora_qlora.py", "--model", str(tiny_models["llama"]), "--batch-size", "2", "--seq-len", "8",
-        "--steps", "2", "--output", str(output),
+        "--steps", "2", "--live", "--output", str(output),
     )  # fmt: skip
     results = json.loads(output.read_text())["results"]
     assert set(results) == {"full", "lora", "qlora"}
     assert results["lora"]["trainable"] < results["full"]["trainable"]
+    live = {method: r["peak_live_mb"] for method, r in results.items()}
+    assert live["qlora"]["weights"] < live["lora"]["weights"]  # 4-bit linear layers
+    for v in live.values():
+        assert v["total"] == pytest.approx(v["weights"] + v["activations"] + v["other"]) and v["activations"] > 0
 
 
 def test_transfer_table_has_a_row_per_strategy(tiny_models, tmp_path):
