@@ -76,21 +76,33 @@ def child(args) -> dict:
 
 
 # the memory timeline's columns: index 0 unused, then torch.profiler._memory_profiler's categories
-LIVE_COLUMNS = ("-", "weights", "optimizer", "input", "temporary", "activations", "gradients", "autograd", "other")
+LIVE_COLUMNS = (
+    "-",
+    "weights",
+    "optimizer",
+    "input",
+    "temporary",
+    "activations",
+    "gradients",
+    "autograd",
+    "other",
+)
 
 
 def live_peak_mb(model, batch: dict) -> dict:
     """The peak of live CPU tensors (MB) during one forward + backward pass of `batch`, by kind, at that peak."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as p:
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as p:
         model(**batch).loss.backward()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "timeline.json"
         p.export_memory_timeline(str(path), device="cpu")
         _, sizes = json.loads(path.read_text())
     at_peak = max(sizes, key=sum)
-    by_kind = {name: size / 2**20 for name, size in zip(LIVE_COLUMNS, at_peak) if name != "-"}
+    by_kind = {name: size / 2**20 for name, size in zip(LIVE_COLUMNS, at_peak, strict=True) if name != "-"}
     weights, activations = by_kind.pop("weights"), by_kind.pop("activations")
     return {
         "total": sum(at_peak) / 2**20,
@@ -109,7 +121,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--live", action="store_true", help="CPU: also the peak of live tensors (torch profiler)")
+    parser.add_argument(
+        "--live", action="store_true", help="CPU: also the peak of live tensors (torch profiler)"
+    )
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -150,9 +164,13 @@ def main() -> None:
               f"{gpu or float('nan'):12.0f} {gpu_ratio:7.2f} {r['seconds_per_step']:7.3f}")  # fmt: skip
     live = {m: r["peak_live_mb"] for m, r in results.items() if r.get("peak_live_mb")}
     if live:
-        print("\npeak of live tensors in one forward + backward pass (MB): total = weights + activations + other")
+        print(
+            "\npeak of live tensors in one forward + backward pass (MB): total = weights + activations + other"
+        )
         for method, v in live.items():
-            print(f"{method:7s} {v['total']:8.1f} = {v['weights']:6.1f} + {v['activations']:6.1f} + {v['other']:6.1f}")
+            print(
+                f"{method:7s} {v['total']:8.1f} = {v['weights']:6.1f} + {v['activations']:6.1f} + {v['other']:6.1f}"
+            )
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"settings": vars(args), "results": results}, f, indent=2)
