@@ -64,7 +64,8 @@ def child(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     config = TrainingConfig(learning_rate=1e-4, max_steps=args.steps, progress_bar=False)
     result = train_loop(model, loader, config, accelerator)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the profiler adds its own
+    # read before the profiled pass, which adds the profiler's own memory
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     live = live_peak_mb(model, batches[0]) if args.live and not torch.cuda.is_available() else None
     return {
         "peak_live_mb": live,
