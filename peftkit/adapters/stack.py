@@ -2,6 +2,8 @@
 
 Both adapters are active in every forward pass, so each adapted layer computes
 W x + B_task A_task x + B_frozen A_frozen x, and merging folds both updates into W.
+The task adapter comes first in the active list, so a DoRA task adapter normalises its own
+update on W alone, in the forward pass and when merging (peft merges in that order).
 A run saves the task adapter (and head) at the top of its adapter folder and the frozen
 one in the sub-folder `STACKED` (peft's layout for a non-default adapter); its peftkit.json
 names that sub-folder under `"stacked"`.

@@ -89,12 +89,7 @@ def check_stack(config: RunConfig) -> None:
     if a.method != "lora":
         raise ConfigError(
             f"{what} keeps a frozen LoRA domain adapter under a LoRA task adapter on an unquantized base: "
-            f"adapter.method must be lora (rsLoRA included), not {a.method!r}"
-        )
-    if a.use_dora:
-        raise ConfigError(
-            f"{what} is checked (merged equals stacked) for plain LoRA and rsLoRA only, not DoRA, whose weight "
-            "normalisation would also see the domain update: set adapter.use_dora=false"
+            f"adapter.method must be lora (DoRA and rsLoRA included), not {a.method!r}"
         )
     if config.model.quantization != "none":
         raise ConfigError(f"{what} needs an unquantized base: set model.quantization=none")

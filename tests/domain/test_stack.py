@@ -38,8 +38,9 @@ def pretrained_adapter(model_dir, out):
     return config, tokenizer, result.adapter_dir
 
 
-def stacked_classifier(family, tiny_models, tmp_path):
+def stacked_classifier(family, tiny_models, tmp_path, use_dora=False):
     config, tokenizer, adapter_dir = pretrained_adapter(tiny_models[family], tmp_path / "dapt")
+    config.adapter.use_dora = use_dora  # the task adapter's
     loaded = load_model(config.model, ["negative", "positive"], tokenizer, config.adapter)
     model = apply_adapter(loaded.model, config.adapter, loaded.family)
     stack_domain_adapter(model, adapter_dir)
@@ -60,11 +61,14 @@ def lora_state(model, name):
     }
 
 
-@pytest.mark.parametrize("family", ["bert", "t5", "llama"])
+@pytest.mark.parametrize(
+    ("family", "use_dora"),
+    [("bert", False), ("t5", False), ("llama", False), ("bert", True), ("llama", True)],
+)
 def test_stacked_step_trains_the_task_adapter_and_keeps_the_domain_adapter(
-    family, tiny_models, tmp_path, one_thread
+    family, use_dora, tiny_models, tmp_path, one_thread
 ):
-    model, adapter_dir, batch = stacked_classifier(family, tiny_models, tmp_path)
+    model, adapter_dir, batch = stacked_classifier(family, tiny_models, tmp_path, use_dora)
     assert model.active_adapters == [TASK, STACKED]
     _, mapped = classifier_weights(model.get_base_model(), adapter_dir)
     domain = lora_state(model, STACKED)
@@ -190,7 +194,6 @@ def test_dapt_stack_exports_merged_and_refuses_adapter_export(stacked_run, tmp_p
         ({"method": "none", "dapt_mode": "stack"}, {}, "dapt_mode: stack applies to domain.method: dapt"),
         ({"method": "dapt", "dapt_mode": "stack"}, {"method": "ia3"}, "adapter.method must be lora"),
         ({"method": "dapt", "dapt_mode": "stack"}, {"method": "bottleneck"}, "adapter.method must be lora"),
-        ({"method": "dapt", "dapt_mode": "stack"}, {"use_dora": True}, "use_dora=false"),
         (
             {"method": "dapt", "dapt_mode": "stack", "stack_adapter": "x"},
             {},
