@@ -295,8 +295,8 @@ class DomainConfig:
     `stack` (MAD-X's Stack; Pfeiffer et al. 2020): the domain adapter kept separate and frozen, the task
     LoRA adapter trained on top of it, both active in every forward pass and saved together (the domain
     adapter in the run's `adapter/domain/`); needs a LoRA task adapter (`adapter.method: lora`, DoRA
-    and rsLoRA included; DoRA normalises its own update on the base weight, without the domain update),
-    unquantized."""
+    and rsLoRA included; DoRA normalises its own update on the base weight, without the domain update) or
+    `qlora` (the domain adapter, pre-trained on the unquantized language model, on the 4-bit base); not 8-bit."""
     stack_adapter: str | None = None
     """A domain LoRA adapter folder (a `dapt` run's `dapt/adapter/`) loaded frozen under the task adapter;
     `dapt_mode: stack` sets it for its task stage (null: none)."""

@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedModel
 
@@ -120,7 +120,7 @@ def merge_adapter(
     """(the merged float32 model, the adapter model's logits on the probe)."""
     quantized = quantization_of(metadata) is not None
     if quantized:  # the reference is the model as trained: adapter on the quantized base
-        reference_model = PeftModel.from_pretrained(_load_base(metadata, tokenizer, quantized=True), folder)
+        reference_model = load_peft_model(_load_base(metadata, tokenizer, quantized=True), folder, metadata)
         reference = probe.reference(reference_model.eval())
         del reference_model
         base = _load_base(metadata, tokenizer, quantized=True).dequantize()

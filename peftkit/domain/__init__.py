@@ -59,10 +59,11 @@ def check_domain(config: RunConfig) -> None:
             f"domain.method: {method} runs several trainings and cannot resume; set training.resume=null"
         )
     quantized = config.model.quantization != "none" or a.method == "qlora"
-    if method in ("dapt", "intermediate") and quantized:
+    if method in ("dapt", "intermediate") and quantized and dc.dapt_mode != "stack":
         raise ConfigError(
             f"domain.method: {method} merges an adapter into the base, which a quantized base cannot hold "
             "exactly; use model.quantization: none and an unquantized adapter method"
+            + (", or domain.dapt_mode: stack" if method == "dapt" else "")
         )
 
 
@@ -86,13 +87,15 @@ def check_stack(config: RunConfig) -> None:
     what = "domain.dapt_mode: stack" if dc.dapt_mode == "stack" else "domain.stack_adapter"
     if config.task != "classification" or config.data.tasks:
         raise ConfigError(f"{what} stacks adapters of a single-task classifier (task: classification)")
-    if a.method != "lora":
+    if a.method not in ("lora", "qlora"):
         raise ConfigError(
-            f"{what} keeps a frozen LoRA domain adapter under a LoRA task adapter on an unquantized base: "
-            f"adapter.method must be lora (DoRA and rsLoRA included), not {a.method!r}"
+            f"{what} keeps a frozen LoRA domain adapter under a LoRA task adapter: adapter.method must be "
+            f"lora (DoRA and rsLoRA included) or qlora, not {a.method!r}"
         )
-    if config.model.quantization != "none":
-        raise ConfigError(f"{what} needs an unquantized base: set model.quantization=none")
+    if config.model.quantization == "8bit":
+        raise ConfigError(
+            f"{what} is for unquantized and 4-bit bases: set model.quantization to none or 4bit"
+        )
     if dc.stack_adapter is not None and not (Path(dc.stack_adapter) / "adapter_config.json").is_file():
         raise ConfigError(
             f"domain.stack_adapter: {dc.stack_adapter!r} holds no adapter_config.json: give a dapt run's "

@@ -214,11 +214,17 @@ def test_bad_stack_options_are_refused(domain, adapter, message, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_qlora_stack_is_refused(tiny_models):
-    values = {"adapter": {"method": "qlora"}, "data": {"train_file": "t.csv"}}
+def test_8bit_stack_and_qlora_merge_are_refused():
+    values = {
+        "adapter": {"method": "lora"},
+        "data": {"train_file": "t.csv"},
+        "model": {"quantization": "8bit"},
+    }
     values["domain"] = {"method": "dapt", "dapt_mode": "stack", "target_file": "t.csv"}
-    values["model"] = {"name_or_path": str(tiny_models["bert"])}
-    with pytest.raises(ConfigError, match="adapter.method must be lora|bitsandbytes"):
+    with pytest.raises(ConfigError, match="unquantized and 4-bit bases"):
+        validate(config_from_dict(values))
+    values["adapter"], values["model"], values["domain"]["dapt_mode"] = {"method": "qlora"}, {}, "merge"
+    with pytest.raises(ConfigError, match="or domain.dapt_mode: stack"):
         validate(config_from_dict(values))
 
 
@@ -238,3 +244,25 @@ def test_domain_adapter_that_does_not_fit_is_refused(tiny_models, tmp_path, one_
         model = apply_adapter(loaded.model, config.adapter, loaded.family)
         with pytest.raises(ValueError, match=message):
             stack_domain_adapter(model, folder)
+
+
+def test_qlora_task_adapter_stacks_on_the_4bit_base_and_merges(
+    tiny_models, toy_files, target_file, tmp_path, one_thread
+):
+    config = tiny_run_config(tiny_models["llama"], toy_files, tmp_path / "run", max_steps=4)
+    config["adapter"]["method"] = "qlora"
+    config["domain"] = {
+        "method": "dapt", "dapt_mode": "stack", "target_file": str(target_file), "pretrain_steps": 5,
+        "pretrain_learning_rate": 5e-2,
+    }  # fmt: skip
+    result = finetune(config)
+    assert getattr(result.model.get_base_model(), "is_quantized", False)
+    assert result.model.active_adapters == [TASK, STACKED]
+    _, mapped = classifier_weights(result.model.get_base_model(), tmp_path / "run" / "dapt" / "adapter")
+    trained = result.model.state_dict()
+    assert all(torch.equal(trained[named(key)].cpu(), value) for key, value in mapped.items())
+    assert any(v.abs().max() > 0 for k, v in trained.items() if f".lora_B.{TASK}." in k)
+    meta = json.loads((tmp_path / "run" / "adapter" / "peftkit.json").read_text())
+    assert meta["stacked"] == STACKED and meta["quantization"]["mode"] == "4bit"
+    check = export_model(tmp_path / "run", tmp_path / "merged", merged=True).merge_check
+    assert check["max_probability_diff"] <= 0.05 and check["same_label_fraction"] == 1.0
