@@ -24,6 +24,7 @@ from peftkit.checkpoint import Checkpoints
 from peftkit.config import ConfigError, RunConfig, apply_overrides, config_from_dict, load_recipe, validate
 from peftkit.data import load_raw_splits, make_dataloader, tokenize
 from peftkit.domain import LOSS_METHODS, STAGED_METHODS
+from peftkit.domain.pretrain import stack_domain_adapter
 from peftkit.domain.stages import run_staged
 from peftkit.domain.terms import add_loss_term, loss_term_texts
 from peftkit.domain.terms import summary as domain_summary
@@ -132,6 +133,8 @@ def finetune(
         model = prepare_backbone(loaded.model, config.adapter.method)
     else:
         model = apply_adapter(loaded.model, config.adapter, loaded.family)
+        if config.domain.stack_adapter:  # dapt_mode: stack (peftkit.domain)
+            stack_domain_adapter(model, Path(config.domain.stack_adapter))
     source = source_rows(config, tokenizer, raw.labels)  # source-task data for EWC and replay
     if t.gradient_checkpointing:
         enable_gradient_checkpointing(model)

@@ -290,6 +290,16 @@ class DomainConfig:
     """`dapt`: learning rate of the continued pre-training adapter."""
     mlm_probability: float = 0.15
     """`dapt`: share of tokens masked (BERT-class) or corrupted in spans (T5-class); unused for causal LMs."""
+    dapt_mode: Literal["merge", "stack"] = "merge"
+    """`dapt`: what task training starts from. `merge`: the domain adapter merged into the base weights.
+    `stack` (MAD-X's Stack; Pfeiffer et al. 2020): the domain adapter kept separate and frozen, the task
+    LoRA adapter trained on top of it, both active in every forward pass and saved together (the domain
+    adapter in the run's `adapter/domain/`); needs a LoRA task adapter (`adapter.method: lora`, DoRA
+    and rsLoRA included; DoRA normalises its own update on the base weight, without the domain update) or
+    `qlora` (the domain adapter, pre-trained on the unquantized language model, on the 4-bit base); not 8-bit."""
+    stack_adapter: str | None = None
+    """A domain LoRA adapter folder (a `dapt` run's `dapt/adapter/`) loaded frozen under the task adapter;
+    `dapt_mode: stack` sets it for its task stage (null: none)."""
     intermediate_file: str | None = None
     """`intermediate`: the related labelled task trained on first (same text column; its own labels)."""
     intermediate_epochs: float = 1.0

@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from peftkit import __version__
 from peftkit.adapters import quantization_for
+from peftkit.adapters.stack import STACKED
 from peftkit.config import RunConfig
 from peftkit.io import atomic_dir, write_json
 from peftkit.model import bundled_hub_id
@@ -58,7 +59,8 @@ def adapter_metadata(config: RunConfig, labels: list[str], model: PeftModel) -> 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # full fine-tuning: no peft
     base_config = base.config
     quantization = quantization_for(config.model, config.adapter.method)
-    return {
+    stacked = {"stacked": STACKED} if config.domain.stack_adapter else {}  # adapters/stack.py
+    return stacked | {
         "peftkit_version": __version__,
         "task": config.task,
         "method": config.adapter.method,
@@ -176,6 +178,12 @@ def export_model(
     check_output(output, folder)
     if not merged and (dtype != "float32" or requantize):
         raise ExportError("--dtype and --requantize apply to merged exports (--merged), not to --adapter")
+    if metadata.get("stacked") and not merged:
+        raise ExportError(
+            f"{str(folder)!r} holds a task adapter stacked on a domain adapter (domain.dapt_mode: stack), which "
+            "plain peft does not load as one adapter (each added classifier adapter brings its own head): "
+            "export --merged (both updates folded into the base), or share the run folder for peftkit"
+        )
     portable = portable_metadata(metadata, base_model_id) | prompt_format(folder, metadata)
     if full is not None:
         check = None

@@ -36,16 +36,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedModel
 
-from peftkit.adapters import prepare_base
 from peftkit.config import ModelConfig
 from peftkit.export import CARD_FILE, METADATA_FILE, ExportError, check_output
 from peftkit.io import atomic_dir, write_json
 from peftkit.model import load_generative_model, load_model
-from peftkit.predict import find_adapter_dir
+from peftkit.predict import find_adapter_dir, load_peft_model
 from peftkit.probe import Probe, make_probe
 
 logger = logging.getLogger(__name__)
@@ -121,14 +120,13 @@ def merge_adapter(
     """(the merged float32 model, the adapter model's logits on the probe)."""
     quantized = quantization_of(metadata) is not None
     if quantized:  # the reference is the model as trained: adapter on the quantized base
-        reference_model = PeftModel.from_pretrained(_load_base(metadata, tokenizer, quantized=True), folder)
+        reference_model = load_peft_model(_load_base(metadata, tokenizer, quantized=True), folder, metadata)
         reference = probe.reference(reference_model.eval())
         del reference_model
         base = _load_base(metadata, tokenizer, quantized=True).dequantize()
     else:
         base = _load_base(metadata, tokenizer, quantized=False)
-    prepare_base(base, metadata["method"])
-    model = PeftModel.from_pretrained(base, folder).eval()
+    model = load_peft_model(base, folder, metadata).eval()  # with a stacked domain adapter, both merge
     if not quantized:
         reference = probe.reference(model)
     return model.merge_and_unload(), reference
@@ -279,6 +277,11 @@ def _check_combinable(folders: list[Path], metas: list[dict], configs: list, wei
             f"combine: give two or more adapters and one weight each (got {len(folders)} and {weights})"
         )
     for folder, meta, config in zip(folders, metas, configs, strict=True):
+        if meta.get("stacked"):
+            raise ExportError(
+                f"combine: {folder.name} is stacked on a domain adapter (domain.dapt_mode: stack); "
+                "stacked adapters do not combine"
+            )
         if meta["method"] not in ("lora", "qlora"):
             raise ExportError(
                 f"combine: {folder.name} is a {meta['method']!r} adapter; only LoRA adapters combine"

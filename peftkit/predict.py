@@ -17,6 +17,7 @@ from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from peftkit.adapters import prepare_base  # also registers peftkit's own peft methods (bottleneck)
+from peftkit.adapters.stack import activate_stack, load_stacked
 from peftkit.export import METADATA_FILE
 from peftkit.io import safe_name
 from peftkit.model import resolve_model_path
@@ -43,8 +44,11 @@ class Prediction:
     probabilities: dict[str, float]
 
 
-def find_adapter_dir(path: str | Path) -> Path:
-    """A run folder (with `adapter/`) or an adapter folder -> the adapter folder, checked."""
+def find_adapter_dir(path: str | Path, metadata: bool = True) -> Path:
+    """A run folder (with `adapter/`) or an adapter folder -> the adapter folder, checked.
+
+    `metadata=False` checks a stacked adapter's sub-folder, which has no peftkit.json or head of its own.
+    """
     path = Path(path)
     folder = path / "adapter" if (path / "adapter" / METADATA_FILE).is_file() else path
     if not (folder / "adapter_config.json").is_file():
@@ -55,11 +59,12 @@ def find_adapter_dir(path: str | Path) -> Path:
         pickled = pickled_files(folder)
         hint = f" (found {pickled}: peftkit never unpickles weights; {CONVERT_HINT})" if pickled else ""
         raise AdapterFolderError(f"{str(folder)!r} holds no adapter_model.safetensors{hint}")
-    if not (folder / METADATA_FILE).is_file():
+    if metadata and not (folder / METADATA_FILE).is_file():
         raise AdapterFolderError(f"{str(folder)!r} has no {METADATA_FILE}: it was not written by peftkit")
     check_adapter_config(folder)  # no remote code, a registered peft method
     header = check_safetensors(folder / "adapter_model.safetensors")
-    check_head_labels(folder, header, json.loads((folder / METADATA_FILE).read_text()))
+    if metadata:
+        check_head_labels(folder, header, json.loads((folder / METADATA_FILE).read_text()))
     return folder
 
 
@@ -90,14 +95,19 @@ class Classifier:
         self.labels: list[str] = metadata["labels"]
         self.device = device
         self.adapters: dict[str, dict] = (
-            {model.active_adapter: metadata} if isinstance(model, PeftModel) else {}
-        )
+            {model.active_adapters[0]: metadata} if isinstance(model, PeftModel) else {}
+        )  # a stacked model's first active adapter is its task adapter
         """Adapter name -> its peftkit.json metadata (labels, base model); empty for a merged model."""
 
     def load_adapter(self, path: str | Path, adapter_name: str) -> None:
         """Load another adapter trained on the same base (with its own head and labels) as `adapter_name`."""
         if not self.adapters:
             raise AdapterFolderError("a merged model holds no adapters: load an adapter folder to add others")
+        if self.metadata.get("stacked"):
+            raise AdapterFolderError(
+                "this classifier stacks its task adapter on a domain adapter (domain.dapt_mode: stack); "
+                "switching adapters on it is not supported: load the other adapter in its own classifier"
+            )
         safe_name(adapter_name, "adapter name")  # peft saves a named adapter in a folder of that name
         folder = find_adapter_dir(local_folder(path))
         metadata = json.loads((folder / METADATA_FILE).read_text())
@@ -119,7 +129,7 @@ class Classifier:
             return
         if adapter not in self.adapters:
             raise ValueError(f"no adapter {adapter!r}; loaded: {', '.join(self.adapters)}")
-        previous = self.model.active_adapter
+        previous = self.model.active_adapters[0]
         self._activate(adapter)
         try:
             yield self
@@ -127,7 +137,11 @@ class Classifier:
             self._activate(previous)
 
     def _activate(self, name: str) -> None:
-        self.model.set_adapter(name)
+        stacked = self.adapters[name].get("stacked")
+        if stacked:
+            activate_stack(self.model, name, stacked)
+        else:
+            self.model.set_adapter(name)
         self.metadata = self.adapters[name]
         self.labels = self.metadata["labels"]
 
@@ -229,9 +243,20 @@ def load_classifier(path: str | Path, device: str | None = None, base_model: str
         check_adapter_fits(folder, metadata, base, base_model)
     if len(tokenizer) > base.get_input_embeddings().num_embeddings:
         base.resize_token_embeddings(len(tokenizer))
-    prepare_base(base, metadata.get("method", ""))
-    model = PeftModel.from_pretrained(base, folder).to(device).eval()
+    model = load_peft_model(base, folder, metadata).to(device).eval()
     return Classifier(model, tokenizer, metadata, device)
+
+
+def load_peft_model(base: torch.nn.Module, folder: Path, metadata: dict) -> PeftModel:
+    """The adapter in `folder` on `base`; with a stacked domain adapter (`adapters/stack.py`) under it."""
+    prepare_base(base, metadata.get("method", ""))
+    model = PeftModel.from_pretrained(base, folder)
+    stacked = metadata.get("stacked")
+    if stacked:
+        safe_name(stacked, "stacked adapter name")
+        find_adapter_dir(folder / stacked, metadata=False)
+        load_stacked(model, folder, stacked)
+    return model
 
 
 def local_folder(path: str | Path) -> Path:

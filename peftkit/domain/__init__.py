@@ -4,7 +4,7 @@ Each remedy is one `domain.method` of the recipe (`config.DomainConfig`):
 
 | method | module | how it runs |
 |---|---|---|
-| `dapt` | `pretrain.py`, `stages.py` | continued pre-training on target text through LoRA, merged, then task training |
+| `dapt` | `pretrain.py`, `stages.py` | continued pre-training on target text through LoRA, merged (or stacked under the task adapter: `dapt_mode: stack`), then task training |
 | `intermediate` | `stages.py` | a related labelled task first, merged, then the task (two stages, one recipe) |
 | `self_training` | `selftrain.py`, `stages.py` | rounds of pseudo-labelling target text and retraining |
 | `dann` | `grl.py`, `dann.py` | a step hook and a loss term for the one training loop |
@@ -15,6 +15,8 @@ target batch drawn at every training step, from pooled features captured at the 
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from peftkit.config import ConfigError, RunConfig
 
@@ -27,6 +29,7 @@ LOSS_METHODS = ("dann", "coral", "mmd")
 def check_domain(config: RunConfig) -> None:
     """Refuse domain options out of range or missing what the method needs (called by `config.validate`)."""
     dc, method = config.domain, config.domain.method
+    check_stack(config)
     if method == "none":
         return
     if method in ("dapt", "self_training", *LOSS_METHODS) and not dc.target_file:
@@ -56,8 +59,45 @@ def check_domain(config: RunConfig) -> None:
             f"domain.method: {method} runs several trainings and cannot resume; set training.resume=null"
         )
     quantized = config.model.quantization != "none" or a.method == "qlora"
-    if method in ("dapt", "intermediate") and quantized:
+    if method in ("dapt", "intermediate") and quantized and dc.dapt_mode != "stack":
         raise ConfigError(
             f"domain.method: {method} merges an adapter into the base, which a quantized base cannot hold "
             "exactly; use model.quantization: none and an unquantized adapter method"
+            + (", or domain.dapt_mode: stack" if method == "dapt" else "")
+        )
+
+
+def check_stack(config: RunConfig) -> None:
+    """Refuse `domain.dapt_mode: stack` / `domain.stack_adapter` where a frozen domain LoRA cannot sit under the
+    task adapter."""
+    dc, a = config.domain, config.adapter
+    stage = dc.method == "none" and dc.stack_adapter is not None  # the task stage of dapt_mode: stack
+    if dc.dapt_mode == "stack" and dc.method != "dapt" and not stage:
+        raise ConfigError(
+            f"domain.dapt_mode: stack applies to domain.method: dapt, not {dc.method!r}; "
+            "set domain.method=dapt or domain.dapt_mode=merge"
+        )
+    if dc.stack_adapter is not None and dc.method != "none":
+        raise ConfigError(
+            f"domain.stack_adapter loads an existing domain adapter with domain.method: none, not {dc.method!r} "
+            "(domain.dapt_mode: stack trains its own); unset one of them"
+        )
+    if dc.dapt_mode != "stack" and dc.stack_adapter is None:
+        return
+    what = "domain.dapt_mode: stack" if dc.dapt_mode == "stack" else "domain.stack_adapter"
+    if config.task != "classification" or config.data.tasks:
+        raise ConfigError(f"{what} stacks adapters of a single-task classifier (task: classification)")
+    if a.method not in ("lora", "qlora"):
+        raise ConfigError(
+            f"{what} keeps a frozen LoRA domain adapter under a LoRA task adapter: adapter.method must be "
+            f"lora (DoRA and rsLoRA included) or qlora, not {a.method!r}"
+        )
+    if config.model.quantization == "8bit":
+        raise ConfigError(
+            f"{what} is for unquantized and 4-bit bases: set model.quantization to none or 4bit"
+        )
+    if dc.stack_adapter is not None and not (Path(dc.stack_adapter) / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"domain.stack_adapter: {dc.stack_adapter!r} holds no adapter_config.json: give a dapt run's "
+            "dapt/adapter folder"
         )

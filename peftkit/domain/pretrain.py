@@ -6,6 +6,8 @@ span corruption for encoder-decoders (T5-class; Raffel et al. 2020: spans of mea
 the target spells them out) and next-token prediction for decoders (LLaMA-class). The LoRA adapter trains in
 the same loop as task training (`train.train_loop`), is saved on its own, and is merged into the backbone
 (`merge_and_unload`), which is saved as a plain transformers model folder for task training to start from.
+With `domain.dapt_mode: stack` nothing is merged: `stack_domain_adapter` maps the adapter's backbone weights
+onto the classifier, where it stays frozen under the task adapter (`adapters/stack.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from peft import LoraConfig, get_peft_model
+from accelerate.utils import set_seed
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from transformers import (
     AutoConfig,
@@ -29,6 +33,7 @@ from transformers import (
     DataCollatorForLanguageModeling,
 )
 
+from peftkit.adapters.stack import STACKED, activate_stack, add_frozen_adapter
 from peftkit.adapters.targets import resolve_target_modules
 from peftkit.config import ConfigError, RunConfig
 from peftkit.families import family_for
@@ -138,8 +143,9 @@ def pretraining_collator(kind: str, tokenizer, mlm_probability: float, seed: int
 
 @dataclass
 class PretrainResult:
-    base_dir: Path
-    """The merged backbone (a plain transformers folder, with the tokenizer): the next stage's model."""
+    base_dir: Path | None
+    """The merged backbone (a plain transformers folder, with the tokenizer): the next stage's model (None when
+    not merged)."""
     adapter_dir: Path
     """The continued pre-training LoRA adapter alone (on the language model)."""
     losses: list[float]
@@ -174,8 +180,11 @@ def lora_on_backbone(lm, config: RunConfig, family) -> torch.nn.Module:
     return model
 
 
-def continued_pretraining(config: RunConfig, texts: list[str], tokenizer, output_dir: Path) -> PretrainResult:
-    """Train a LoRA adapter on `texts` with the family's objective, merge it, save the backbone to `output_dir/base`."""
+def continued_pretraining(
+    config: RunConfig, texts: list[str], tokenizer, output_dir: Path, merge: bool = True
+) -> PretrainResult:
+    """Train a LoRA adapter on `texts` with the family's objective, save it to `output_dir/adapter` and (`merge`)
+    the backbone with it merged to `output_dir/base`."""
     from peftkit.model import resolve_model_path
     from peftkit.train import train_loop, use_cpu_backend
 
@@ -196,6 +205,7 @@ def continued_pretraining(config: RunConfig, texts: list[str], tokenizer, output
         collate_fn=collator,
         generator=torch.Generator().manual_seed(t.seed),
     )
+    set_seed(t.seed)  # the LoRA init: else the domain adapter depends on what drew random numbers before
     model = lora_on_backbone(load_language_model(path, family.kind), config, family)
     settings = dataclasses.replace(
         t, max_steps=dc.pretrain_steps, learning_rate=dc.pretrain_learning_rate, eval_every_steps=0,
@@ -205,10 +215,11 @@ def continued_pretraining(config: RunConfig, texts: list[str], tokenizer, output
     model, loader = accelerator.prepare(model, loader)
     result = train_loop(model, loader, settings, accelerator)
     model = accelerator.unwrap_model(model)
-    adapter_dir, base_dir = output_dir / "adapter", output_dir / "base"
+    adapter_dir, base_dir = output_dir / "adapter", output_dir / "base" if merge else None
     model.save_pretrained(adapter_dir)
-    save_merged_backbone(model.merge_and_unload(), path, base_dir)
-    tokenizer.save_pretrained(base_dir)
+    if base_dir is not None:
+        save_merged_backbone(model.merge_and_unload(), path, base_dir)
+        tokenizer.save_pretrained(base_dir)
     logger.info("continued pre-training: loss %s -> %s", result.losses[:1], result.losses[-1:])
     return PretrainResult(base_dir=base_dir, adapter_dir=adapter_dir, losses=result.losses)
 
@@ -226,3 +237,43 @@ def save_merged_backbone(merged, original_path: str, base_dir: Path) -> None:
         )
     backbone.load_state_dict({k: weights[k] for k in shared}, strict=False)
     backbone.save_pretrained(base_dir)
+
+
+# ---------------------------------------------------------------- stacking (dapt_mode: stack)
+
+
+def stack_domain_adapter(model: PeftModel, adapter_dir: Path) -> None:
+    """Put the continued pre-training adapter in `adapter_dir` under `model`'s task adapter, frozen, both active."""
+    config, weights = classifier_weights(model.get_base_model(), adapter_dir)
+    add_frozen_adapter(model, STACKED, config, weights)
+    activate_stack(model)
+    logger.info("dapt_mode stack: domain adapter on %d modules, frozen", len(config.target_modules))
+
+
+def classifier_weights(classifier, adapter_dir: Path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+    """The language model's LoRA adapter as one on `classifier`: its config targeting the classifier's module names,
+    and its backbone weights keyed by them (as peft saves them). LM-head modules are left out.
+
+    The language model and the classifier share the family's `base_model_prefix` (BERT's `bert.`, LLaMA's
+    `model.`, T5's `transformer.`, which T5's language model lacks). Raises ValueError when a backbone
+    module of the adapter has no counterpart in the classifier, or when nothing maps.
+    """
+    config = LoraConfig.from_pretrained(adapter_dir)
+    prefix = classifier.base_model_prefix
+    backbone, modules = getattr(classifier, prefix), dict(classifier.named_modules())
+    weights, targets = {}, set()
+    for key, value in load_file(adapter_dir / "adapter_model.safetensors").items():
+        if ".lora_" not in key:
+            continue  # the MLM head's transform, trained in full: not part of the backbone
+        name, _, rest = key.removeprefix("base_model.model.").partition(".lora_")
+        inner = name.removeprefix(f"{prefix}.")
+        if f"{prefix}.{inner}" not in modules:
+            if hasattr(backbone, inner.split(".")[0]):
+                raise ValueError(f"domain adapter module {name!r} has no counterpart in the classifier")
+            continue  # an LM-head module
+        weights[f"base_model.model.{prefix}.{inner}.lora_{rest}"] = value
+        targets.add(f"{prefix}.{inner}")
+    if not targets:
+        raise ValueError(f"the domain adapter in {adapter_dir} adapts no module of the classifier's backbone")
+    config.target_modules, config.task_type = targets, None
+    return config, weights

@@ -1,6 +1,7 @@
 """Domain-adaptation methods that run several trainings, each one `api.finetune` call on a derived recipe.
 
-- `dapt`: continued pre-training on the target text (`pretrain.py`), then task training from the merged base.
+- `dapt`: continued pre-training on the target text (`pretrain.py`), then task training from the merged base
+  (`dapt_mode: merge`) or on the original base with the domain adapter frozen under the task adapter (`stack`).
 - `intermediate`: task training on `domain.intermediate_file`, the adapter merged into the base, then task
   training on `data.*` from it (the head carries over when the label count matches).
 - `self_training`: source training, then `domain.rounds` rounds of pseudo-labelling and retraining.
@@ -53,15 +54,21 @@ def _dapt(config: RunConfig, raw):
     from peftkit.model import load_tokenizer
 
     texts = read_target_texts(config)
-    out = Path(config.training.output_dir)
-    pretrained = continued_pretraining(config, texts, load_tokenizer(config.model), out / "dapt")
-    result = finetune(_stage(config, out, model={"name_or_path": str(pretrained.base_dir)}))
+    out, stack = Path(config.training.output_dir), config.domain.dapt_mode == "stack"
+    tokenizer = load_tokenizer(config.model)
+    pretrained = continued_pretraining(config, texts, tokenizer, out / "dapt", merge=not stack)
+    if stack:  # the original base, the domain adapter frozen under the task adapter
+        stage = _stage(config, out, domain={"stack_adapter": str(pretrained.adapter_dir)})
+    else:
+        stage = _stage(config, out, model={"name_or_path": str(pretrained.base_dir)})
+    result = finetune(stage)
     result.metrics["domain"] = {
         "method": "dapt",
+        "dapt_mode": config.domain.dapt_mode,
         "target_texts": len(texts),
         "pretrain_losses": pretrained.losses,
         "pretrain_adapter": str(pretrained.adapter_dir),
-        "base": str(pretrained.base_dir),
+        "base": stage.model.name_or_path,
     }
     return result
 
