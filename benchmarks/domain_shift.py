@@ -6,7 +6,8 @@ the shipped ones), on the same data and budget (4,000 SST-2 sentences, one epoch
 - `source_only`: SST-2 only (the lower bound);
 - `target_supervised`: the CR training labels instead (the upper bound; `--target-size` of them, default all
   3,017, a tenth carved off for validation);
-- `dapt`, `self_training`, `dann`, `coral`, `mmd`: SST-2 labels plus the CR training text *without* labels;
+- `dapt`, `dapt_stack`, `self_training`, `dann`, `coral`, `mmd`: SST-2 labels plus the CR training text
+  *without* labels (`dapt_stack`: the domain adapter kept frozen under the task adapter instead of merged);
 - `target_small` and `intermediate`: 200 labelled CR sentences alone, and after an SST-2 stage.
 
 "gap closed" is (accuracy - source_only) / (target_supervised - source_only). Each run is its own
@@ -34,6 +35,7 @@ RUNS = {
     "source_only": ("source_only_minilm_sst2_cr.yaml", []),
     "target_supervised": ("source_only_minilm_sst2_cr.yaml", ["target_labels"]),
     "dapt": ("dapt_minilm_sst2_cr.yaml", []),
+    "dapt_stack": ("dapt_stack_minilm_sst2_cr.yaml", []),
     "self_training": ("self_training_minilm_sst2_cr.yaml", []),
     "dann": ("dann_minilm_sst2_cr.yaml", []),
     "coral": ("coral_minilm_sst2_cr.yaml", []),
@@ -74,7 +76,7 @@ def overrides(name: str, args, out_dir: str) -> list[str]:
         ]
     if "no_domain" in changes:
         items.append("domain.method=none")
-    if name == "dapt" and args.pretrain_steps:
+    if name in ("dapt", "dapt_stack") and args.pretrain_steps:
         items.append(f"domain.pretrain_steps={args.pretrain_steps}")
     return items + list(args.set or [])
 
@@ -212,7 +214,7 @@ def main() -> None:
         "--target-size", type=int, default=None, help="target_supervised: CR rows (default all)"
     )
     parser.add_argument("--target-small", type=int, default=200, help="labelled CR sentences of target_small")
-    parser.add_argument("--pretrain-steps", type=int, default=None, help="dapt: instead of the recipe's")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="dapt, dapt_stack: instead of the recipe's")
     parser.add_argument("--set", action="append", help="extra override for every run (section.field=value)")
     parser.add_argument(
         "--output", default=str(HERE / "results" / "domain_shift_cpu"), help="path without suffix"
