@@ -152,7 +152,12 @@ def markdown(record: dict) -> str:
         "# Domain shift: SST-2 (movie reviews) -> CR (product reviews), MiniLM + LoRA",
         "",
         f"{env['date']}, {env['machine']} ({env['cpus']} CPUs), torch {env['torch']}, transformers "
-        f"{env['transformers']}, peft {env['peft']}, commit {env['commit']}.",
+        f"{env['transformers']}, peft {env['peft']}, "
+        + (
+            f"commits {', '.join(env['commits'])} (merged records)."
+            if "commits" in env
+            else f"commit {env['commit']}."
+        ),
         f"Command: `{env['command']}`",
         f"Budget: {s['train_size']} SST-2 sentences, 1 epoch (per recipe); CR test has {s['cr_test']} sentences.",
         "",
@@ -186,6 +191,7 @@ def merge(paths: list[str], output: Path) -> None:
     done = [runs[name] for name in RUNS if name in runs]
     gap_closed(done)
     environment = records[0]["environment"] | {
+        "date": " / ".join(sorted({r["environment"]["date"] for r in records})),
         "command": " & ".join(r["environment"]["command"] for r in records),  # run side by side
         "commits": sorted({r["environment"]["commit"] for r in records}),
     }
@@ -214,7 +220,9 @@ def main() -> None:
         "--target-size", type=int, default=None, help="target_supervised: CR rows (default all)"
     )
     parser.add_argument("--target-small", type=int, default=200, help="labelled CR sentences of target_small")
-    parser.add_argument("--pretrain-steps", type=int, default=None, help="dapt, dapt_stack: instead of the recipe's")
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=None, help="dapt, dapt_stack: instead of the recipe's"
+    )
     parser.add_argument("--set", action="append", help="extra override for every run (section.field=value)")
     parser.add_argument(
         "--output", default=str(HERE / "results" / "domain_shift_cpu"), help="path without suffix"
