@@ -11,7 +11,7 @@ import yaml
 from conftest import tiny_run_config
 from peft import PeftModel
 from safetensors import safe_open
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from peftkit import merge
 from peftkit.api import finetune
@@ -165,15 +165,13 @@ def test_qlora_merges_into_the_dequantized_base(run, tiny_models, tmp_path, monk
         check["max_probability_diff"] <= merge.PROBABILITY_TOLERANCE and check["same_label_fraction"] == 1.0
     )
     # merged weight - LoRA update == the dequantized 4-bit weight (not the original full-precision one)
-    q = meta["quantization"]
-    bnb = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=q["bnb_4bit_quant_type"],
-        bnb_4bit_use_double_quant=q["bnb_4bit_use_double_quant"], bnb_4bit_compute_dtype=torch.bfloat16,
-        llm_int8_skip_modules=["score"],
-    )  # fmt: skip
-    dequantized = AutoModelForSequenceClassification.from_pretrained(
-        tiny_models["llama"], quantization_config=bnb
-    ).dequantize()
+    dequantized = tiny.dequantized_base(
+        AutoModelForSequenceClassification,
+        tiny_models["llama"],
+        meta["quantization"],
+        "score",
+        torch.bfloat16,
+    )
     original = AutoModelForSequenceClassification.from_pretrained(tiny_models["llama"])
     merged = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
     layer = "model.layers.0.self_attn.q_proj"

@@ -6,12 +6,13 @@ import json
 import re
 
 import pytest
+import tiny
 import torch
 import yaml
 from conftest import WORD
 from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM, PeftModel
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from peftkit import merge
 from peftkit.api import finetune
@@ -237,14 +238,8 @@ def test_qlora_causal_lm_merges_into_the_dequantized_base(run, generative_models
     assert greedy(merged, prompts) == expected
 
     # merged weight - LoRA update == the dequantized 4-bit weight (not the original full-precision one)
-    q = meta["quantization"]
-    bnb = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=q["bnb_4bit_quant_type"],
-        bnb_4bit_use_double_quant=q["bnb_4bit_use_double_quant"], bnb_4bit_compute_dtype=torch.float32,
-        llm_int8_skip_modules=["lm_head"],
-    )  # fmt: skip
     path = generative_models["llama"]
-    dequantized = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb).dequantize()
+    dequantized = tiny.dequantized_base(AutoModelForCausalLM, path, meta["quantization"], "lm_head")
     original = AutoModelForCausalLM.from_pretrained(path)
     adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     layer = "model.layers.0.self_attn.q_proj"

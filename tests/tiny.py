@@ -151,3 +151,19 @@ def save_tiny_generative_model(family: str, path: str | Path, seed: int = 0) -> 
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def dequantized_base(auto_class, path: str | Path, quantization: dict, skip: str, compute_dtype=None):
+    """`path` loaded in 4 bit as a run's `quantization` record (peftkit.json) says, then dequantized: the
+    weights a QLoRA merge adds its update to. `skip`: the head kept out of quantization."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization["bnb_4bit_quant_type"],
+        bnb_4bit_use_double_quant=quantization["bnb_4bit_use_double_quant"],
+        bnb_4bit_compute_dtype=compute_dtype or torch.float32,
+        llm_int8_skip_modules=[skip],
+    )
+    return auto_class.from_pretrained(path, quantization_config=bnb).dequantize()
