@@ -193,7 +193,9 @@ def merge(paths: list[str], output: Path) -> None:
     environment = records[0]["environment"] | {
         "date": " / ".join(sorted({r["environment"]["date"] for r in records})),
         "command": " & ".join(r["environment"]["command"] for r in records),  # run side by side
-        "commits": sorted({r["environment"]["commit"] for r in records}),
+        "commits": sorted(
+            {c for r in records for c in r["environment"].get("commits", [r["environment"]["commit"]])}
+        ),
     }
     record = {
         "environment": environment,
