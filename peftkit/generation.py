@@ -241,14 +241,11 @@ def load_generator(path: str | Path, device: str | None = None) -> Generator:
 def _load_merged_generator(folder: Path, device: str) -> Generator:
     from transformers import AutoTokenizer
 
-    from peftkit.safety import refuse_pickled_weights
+    from peftkit.predict import load_merged_model
 
     metadata = _generative_metadata(folder, folder)
-    refuse_pickled_weights(folder)
-    model = _auto_class(metadata).from_pretrained(folder, use_safetensors=True)
-    if not getattr(model, "is_quantized", False):  # bitsandbytes places quantized weights itself
-        model = model.to(device)
-    return Generator(model.eval(), AutoTokenizer.from_pretrained(folder), metadata)
+    model = load_merged_model(_auto_class(metadata), folder, device)
+    return Generator(model, AutoTokenizer.from_pretrained(folder), metadata)
 
 
 def _generative_metadata(folder: Path, path: str | Path) -> dict:

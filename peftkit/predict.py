@@ -289,11 +289,18 @@ def _load_feature_head(folder: Path, device: torch.device) -> Classifier:
 
 
 def _load_merged(folder: Path, metadata: dict, device: torch.device) -> Classifier:
+    model = load_merged_model(AutoModelForSequenceClassification, folder, device)
+    return Classifier(model, AutoTokenizer.from_pretrained(folder), metadata, device)
+
+
+def load_merged_model(auto_class, folder: Path, device: torch.device | str):
+    """A merged export or fully fine-tuned model folder as `auto_class`, from safetensors only, in eval mode on
+    `device` (bitsandbytes places a quantized one itself)."""
     refuse_pickled_weights(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
-    if not getattr(model, "is_quantized", False):  # bitsandbytes places quantized weights itself
+    model = auto_class.from_pretrained(folder, use_safetensors=True)
+    if not getattr(model, "is_quantized", False):
         model = model.to(device)
-    return Classifier(model.eval(), AutoTokenizer.from_pretrained(folder), metadata, device)
+    return model.eval()
 
 
 def check_base_model(metadata: dict, base_model: str) -> None:
