@@ -36,18 +36,7 @@ NUM_LABELS = 3
 _SMALL = dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, intermediate_size=64, pad_token_id=0)
 _BERTLIKE = dict(_SMALL, num_hidden_layers=LAYERS, max_position_embeddings=72)
 _DECODER = dict(_SMALL, num_hidden_layers=LAYERS, num_key_value_heads=2, max_position_embeddings=64)
-_T5 = dict(
-    vocab_size=VOCAB,
-    d_model=32,
-    d_kv=8,
-    d_ff=64,
-    num_layers=LAYERS,
-    num_decoder_layers=LAYERS,
-    num_heads=4,
-    pad_token_id=0,
-    eos_token_id=1,
-    decoder_start_token_id=0,
-)
+_T5 = dict(tiny.T5_SHAPE, vocab_size=VOCAB)
 
 # model_type -> (config class, arguments): tiny (width 32, 2 blocks per stack), shaped like the real checkpoints.
 CONFIGS = {

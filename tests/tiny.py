@@ -61,6 +61,20 @@ def build_tokenizer(family: str) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=64, **kwargs)
 
 
+T5_SHAPE = dict(
+    d_model=32,
+    d_kv=8,
+    d_ff=64,
+    num_layers=2,
+    num_decoder_layers=2,
+    num_heads=4,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+"""A tiny T5 (width 32, 2 blocks per stack), less its vocabulary size."""
+
+
 def build_config(family: str, vocab_size: int):
     if family == "bert":
         return BertConfig(
@@ -73,18 +87,7 @@ def build_config(family: str, vocab_size: int):
             pad_token_id=0,
         )
     if family == "t5":
-        return T5Config(
-            vocab_size=vocab_size,
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_decoder_layers=2,
-            num_heads=4,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
+        return T5Config(vocab_size=vocab_size, **T5_SHAPE)
     if family == "llama":
         return LlamaConfig(
             vocab_size=vocab_size,
