@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads only where a script needs it: the table-writing parents stay light
+    import torch
 
 
 def fixed_batches(
     model: torch.nn.Module, batch_size: int, seq_len: int, steps: int, seed: int = 0
 ) -> list[dict]:
     """`steps` classification batches of random token ids, all `batch_size` x `seq_len`, two labels."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     vocab = model.get_input_embeddings().num_embeddings
     return [
@@ -96,6 +101,11 @@ def header(record: dict, title: str) -> list[str]:
         f"Command: `{record['command']}`",
         "",
     ]
+
+
+def table_head(*columns: str) -> list[str]:
+    """The two Markdown lines that start a table with `columns`."""
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
 
 
 def command_line() -> str:

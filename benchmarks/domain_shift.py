@@ -29,6 +29,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from common import table_head
+
 HERE = Path(__file__).resolve().parent
 RECIPES = HERE.parent / "recipes" / "domain"
 RUNS = {
@@ -161,8 +163,15 @@ def markdown(record: dict) -> str:
         f"Command: `{env['command']}`",
         f"Budget: {s['train_size']} SST-2 sentences, 1 epoch (per recipe); CR test has {s['cr_test']} sentences.",
         "",
-        "| run | CR test accuracy | CR test macro-F1 | gap closed | validation accuracy | train samples | wall s |",
-        "|---|---|---|---|---|---|---|",
+        *table_head(
+            "run",
+            "CR test accuracy",
+            "CR test macro-F1",
+            "gap closed",
+            "validation accuracy",
+            "train samples",
+            "wall s",
+        ),
     ]
     for r in record["runs"]:
         gap = f"{100 * r['gap_closed']:.0f}%" if "gap_closed" in r else "-"

@@ -24,7 +24,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from common import command_line, header, run_finetune, sst2_config, write_record
+from common import command_line, header, run_finetune, sst2_config, table_head, write_record
 from methods_table import HERE, environment
 
 MITIGATIONS = {
@@ -91,8 +91,13 @@ def markdown(record: dict) -> str:
         f"EWC lambda {s['ewc_lambda']:g} (Fisher from {s['ewc_fisher_batches']} batches), L2-SP lambda "
         f"{s['l2sp_lambda']:g}, replay ratio {s['replay_ratio']:g}.",
         "",
-        "| task B run | mitigation | task-A accuracy after B (SST-2 dev) | retained vs before | task-B accuracy (CR test) |",
-        "|---|---|---|---|---|",
+        *table_head(
+            "task B run",
+            "mitigation",
+            "task-A accuracy after B (SST-2 dev)",
+            "retained vs before",
+            "task-B accuracy (CR test)",
+        ),
     ]
     for name, r in record["runs"].items():
         task = "CR sentiment (same task)" if name == "control" else "CR complaint detection"

@@ -17,7 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import command_line, header, run_finetune, sst2_config, write_record
+from common import command_line, header, run_finetune, sst2_config, table_head, write_record
 from methods_table import HERE, environment
 
 METHODS = {
@@ -34,10 +34,7 @@ METHODS = {
 def markdown(record: dict) -> str:
     s = record["settings"]
     lines = header(record, f"k-shot curve on {s['model']} / SST-2 (scored on SST-2 dev; seeds {s['seeds']})")
-    lines += [
-        "| k per class | " + " | ".join(record["curve"]) + " |",
-        "|---" * (1 + len(record["curve"])) + "|",
-    ]
+    lines += table_head("k per class", *record["curve"])
     for k in s["ks"]:
         cells = []
         for method in record["curve"]:

@@ -32,6 +32,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from common import table_head
+
 HERE = Path(__file__).resolve().parent
 RECIPES = HERE.parent / "recipes" / "classification"
 SUFFIX = "_minilm_sst2.yaml"
@@ -267,11 +269,21 @@ def markdown(record: dict) -> str:
         f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
         f"bitsandbytes {env['bitsandbytes']}, Python {env['python']}",
         "",
-        "| method | lr | epochs | trainable params | % | weights MB | train samples/s | peak RSS MB "
-        "| load peak MB | train peak MB | peak anon. RSS MB |"
-        + (" peak GPU MB |" if gpu else "")
-        + " dev accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|",
+        *table_head(
+            "method",
+            "lr",
+            "epochs",
+            "trainable params",
+            "%",
+            "weights MB",
+            "train samples/s",
+            "peak RSS MB",
+            "load peak MB",
+            "train peak MB",
+            "peak anon. RSS MB",
+            *(["peak GPU MB"] if gpu else []),
+            "dev accuracy",
+        ),
     ]
     for r in record["runs"]:
         phases = r.get("phase_peak_rss_mb") or {}

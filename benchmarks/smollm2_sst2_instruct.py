@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import command_line, header, write_record
+from common import command_line, header, table_head, write_record
 from methods_table import environment
 
 HERE = Path(__file__).resolve().parent
@@ -123,11 +123,16 @@ def markdown(record: dict) -> str:
         f"SmolLM2-135M-Instruct answering SST-2 sentiment with one word ({s['train_size']} training "
         f"reviews, {s['epochs']} epoch(s); scored on {s['dev_size']} SST-2 dev reviews)",
     )
-    lines += [
-        "| method | trainable params | exact match before | exact match after | first word before | "
-        "first word after | train s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines += table_head(
+        "method",
+        "trainable params",
+        "exact match before",
+        "exact match after",
+        "first word before",
+        "first word after",
+        "train s",
+        "peak RSS MB",
+    )
     for r in record["runs"]:
         b, a = r["before"], r["after"]
         lines.append(

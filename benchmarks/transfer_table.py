@@ -17,7 +17,7 @@ import argparse
 import statistics
 import tempfile
 
-from common import command_line, header, run_finetune, sst2_config, write_record
+from common import command_line, header, run_finetune, sst2_config, table_head, write_record
 from methods_table import HERE, environment
 
 FULL = {"adapter.method": "full", "training.learning_rate": 1e-4}
@@ -52,10 +52,16 @@ def markdown(record: dict) -> str:
         f"Transfer strategies on {s['model']} / SST-2 ({s['train_size']} training sentences, "
         f"batch 32, scored on SST-2 dev)",
     )
-    lines += [
-        "| strategy | epochs | lr | trainable params | % of the model | train s (median) | wall s | dev accuracy |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines += table_head(
+        "strategy",
+        "epochs",
+        "lr",
+        "trainable params",
+        "% of the model",
+        "train s (median)",
+        "wall s",
+        "dev accuracy",
+    )
     totals = {name: runs[0]["total_params"] for name, runs in record["runs"].items()}
     model_params = totals.get("full", max(totals.values()))  # features: the head only; LoRA: + the adapter
     for name, runs in record["runs"].items():
